@@ -1,0 +1,21 @@
+"""Server-side sessions for Flask and Quart: several stores per app, loaded concurrently."""
+
+from __future__ import annotations
+
+from .backends.base import Backend, ClientSideBackend, Record
+from .errors import SessionBackendError, SessionCookieTooLarge
+from .extension import Session
+from .serialization import SerializationError
+from .session import MultiStoreSession
+
+__all__ = [
+    "Backend",
+    "ClientSideBackend",
+    "MultiStoreSession",
+    "Record",
+    "SerializationError",
+    "Session",
+    "SessionBackendError",
+    "SessionCookieTooLarge",
+]
+__version__ = "0.1.0.dev0"

@@ -1,0 +1,38 @@
+"""Flask's session interface: plans in the request thread, store I/O through the bridge."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from flask import Flask, Request, Response
+from flask.sessions import SessionInterface
+
+from ..bridge import Bridge
+from ..engine import Engine
+from ..session import MultiStoreSession
+from . import secret_keys
+
+__all__ = ["FlaskSessionInterface"]
+
+
+class FlaskSessionInterface(SessionInterface):
+    """Opens and saves multi-store sessions for a ``flask.Flask`` app."""
+
+    def __init__(self, engine: Engine, bridge: Bridge) -> None:
+        self.engine = engine
+        self.bridge = bridge
+
+    def open_session(self, app: Flask, request: Request) -> MultiStoreSession:
+        states, ops = self.engine.plan_open(request.cookies, secret_keys(app))
+        if ops:  # a config with only client-side stores never reaches an event loop
+            self.bridge.run(partial(self.engine.run, ops))
+        return self.engine.finish_open(states, ops)
+
+    def save_session(self, app: Flask, session: Any, response: Response) -> None:
+        if not isinstance(session, MultiStoreSession):
+            return  # open_session failed, or another interface made this session
+        plan = self.engine.plan_save(session, secret_keys(app))
+        if plan.ops:
+            self.bridge.run(partial(self.engine.run, plan.ops))
+        self.engine.finish_save(plan, response)

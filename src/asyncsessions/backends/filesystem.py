@@ -1,0 +1,275 @@
+"""The embedded session store: one JSON file per session in a local directory."""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Collection, Mapping
+from contextlib import suppress
+from hashlib import sha256
+from typing import IO, NamedTuple
+
+import anyio.to_thread
+
+from .base import Backend, Record
+
+__all__ = ["FilesystemBackend"]
+
+logger = logging.getLogger(__name__)
+
+_SUFFIX = ".session"
+_NAME_MAX = 255  # bytes in a file name on every common filesystem
+_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+_STALE_TEMP_NS = 3600 * 10**9  # a write takes milliseconds: older temp files are crash leftovers
+
+
+class FilesystemBackend(Backend):
+    """Sessions as files under ``directory`` (default ``<instance_path>/asyncsessions``).
+
+    For one machine and no server; POSIX only, as it locks with ``flock``.
+
+    Each record is ``{"v": 1, "ttl": int, "permanent": bool, "fields": {name: text}}`` in a
+    file named after its key. It expires ``ttl`` seconds after the file's mtime, so a sliding
+    refresh is a bare ``utime``. A write reads the record, merges the changed fields and
+    replaces the file while holding an exclusive ``flock`` on it, so concurrent requests
+    (threads or processes) that change different fields both survive. Writes are not fsync-ed:
+    sessions are cheap to lose, and a machine crash can lose a recent write or leave an empty
+    file, which reads as no session, but never a torn one.
+
+    Every ``cleanup_every`` writes (0: never) a background thread removes expired records.
+    """
+
+    def __init__(
+        self,
+        *,
+        directory: str | os.PathLike[str] | None = None,
+        cleanup_every: int = 1000,
+    ) -> None:
+        if directory is not None:
+            if not isinstance(directory, (str, os.PathLike)):
+                raise TypeError(f"directory must be a path, not {type(directory).__name__}")
+            directory = os.fspath(directory)
+            if not isinstance(directory, str):
+                raise TypeError("directory must be a str path, not bytes")
+            if not directory:
+                raise ValueError("directory must not be empty")
+        if not isinstance(cleanup_every, int) or isinstance(cleanup_every, bool):
+            raise TypeError(f"cleanup_every must be an int, not {type(cleanup_every).__name__}")
+        if cleanup_every < 0:
+            raise ValueError(f"cleanup_every must be >= 0 (0: never), not {cleanup_every}")
+        self.directory: str | None = directory
+        self.cleanup_every = cleanup_every
+        self._directory_made = False
+        self._stores = itertools.count(1)
+        self._cleaner: threading.Thread | None = None
+
+    def bind(self, *, name: str, instance_path: str) -> None:
+        if self.directory is None:
+            self.directory = os.path.join(instance_path, "asyncsessions")
+
+    async def load(self, key: str, *, touch: bool) -> Record | None:
+        return await anyio.to_thread.run_sync(_load, self._path(key), touch)
+
+    async def store(
+        self,
+        key: str,
+        changed: Mapping[str, bytes],
+        removed: Collection[str],
+        *,
+        permanent: bool,
+        ttl: int,
+    ) -> None:
+        updates = dict(changed)  # a snapshot: the caller's loop goes on while the thread runs
+        path = self._path(key)
+        await anyio.to_thread.run_sync(self._store, path, updates, tuple(removed), permanent, ttl)
+        if self.cleanup_every and next(self._stores) % self.cleanup_every == 0:
+            self._start_cleanup(os.path.dirname(path))
+
+    async def delete(self, key: str) -> None:
+        await anyio.to_thread.run_sync(_delete, self._path(key))
+
+    def _path(self, key: str) -> str:
+        if self.directory is None:
+            raise RuntimeError("FilesystemBackend has no directory: pass directory= or bind()")
+        return os.path.join(self.directory, _file_name(key))
+
+    def _store(
+        self,
+        path: str,
+        updates: dict[str, bytes],
+        removed: tuple[str, ...],
+        permanent: bool,
+        ttl: int,
+    ) -> None:
+        if not self._directory_made:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            self._directory_made = True
+        with _open_locked(path, create=True) as file:
+            stored = _read_live(file)
+            fields = stored.fields if stored else {}
+            fields.update(updates)
+            for name in removed:
+                fields.pop(name, None)
+            if fields:
+                _replace(path, _dump(ttl, permanent, fields))
+            else:
+                os.unlink(path)
+
+    def _start_cleanup(self, directory: str) -> None:
+        # Unlocked check: two overlapping cleanups are merely wasteful. A thread object from
+        # before a fork reads as dead in the child, so a forked worker still cleans up.
+        if self._cleaner is not None and self._cleaner.is_alive():
+            return
+        self._cleaner = threading.Thread(
+            target=_cleanup, args=(directory,), name="asyncsessions-cleanup", daemon=True
+        )
+        try:
+            self._cleaner.start()
+        except RuntimeError:
+            logger.warning("could not start the session cleanup thread", exc_info=True)
+
+
+class _Stored(NamedTuple):
+    ttl: int
+    permanent: bool
+    fields: dict[str, bytes]
+
+
+def _file_name(key: str) -> str:
+    """A file name for ``key``: injective, one path component, at most 255 bytes."""
+    # Escaping '%' and '.' too keeps the mapping injective and rules out '..' and '/'.
+    raw = key.encode("utf-8", "surrogatepass")
+    name = "".join(chr(byte) if byte in _SAFE else f"%{byte:02X}" for byte in raw)
+    if len(name) + len(_SUFFIX) > _NAME_MAX:
+        name = "~" + sha256(raw).hexdigest()  # '~' never appears in an escaped name
+    return name + _SUFFIX
+
+
+def _open_locked(path: str, *, create: bool) -> IO[bytes]:
+    """The file now at ``path``, opened for reading and exclusively flock-ed.
+
+    Raises FileNotFoundError if it does not exist and ``create`` is false.
+    """
+    flags = os.O_RDONLY | (os.O_CREAT if create else 0)
+    while True:
+        file = open(os.open(path, flags, 0o600), "rb")  # noqa: SIM115 - returned to the caller
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX)
+            # Writers replace or unlink the file under the lock, so a lock won on a file that
+            # is no longer at ``path`` guards nothing: try again on the current one.
+            if os.path.samestat(os.fstat(file.fileno()), os.stat(path)):
+                return file
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            file.close()
+            raise
+        file.close()
+
+
+def _read_live(file: IO[bytes]) -> _Stored | None:
+    """The record in ``file``, or None if it is unreadable or expired."""
+    stored = _parse(file.read())
+    if stored is None:
+        return None
+    expires_ns = os.fstat(file.fileno()).st_mtime_ns + stored.ttl * 10**9
+    return stored if time.time_ns() < expires_ns else None
+
+
+def _parse(data: bytes) -> _Stored | None:
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or doc.get("v") != 1:
+        return None
+    ttl, permanent, fields = doc.get("ttl"), doc.get("permanent"), doc.get("fields")
+    if (
+        type(ttl) is not int
+        or not isinstance(permanent, bool)
+        or not isinstance(fields, dict)
+        or not all(isinstance(text, str) for text in fields.values())
+    ):
+        return None
+    try:
+        values = {name: text.encode("utf-8", "surrogateescape") for name, text in fields.items()}
+    except UnicodeEncodeError:
+        return None  # a lone surrogate that _dump never writes: the file was edited by hand
+    return _Stored(ttl, permanent, values)
+
+
+def _dump(ttl: int, permanent: bool, fields: dict[str, bytes]) -> bytes:
+    # surrogateescape keeps any bytes exact through JSON, though values are UTF-8 in practice
+    texts = {name: value.decode("utf-8", "surrogateescape") for name, value in fields.items()}
+    record = {"v": 1, "ttl": ttl, "permanent": permanent, "fields": texts}
+    return json.dumps(record, separators=(",", ":")).encode("ascii")
+
+
+def _replace(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old record or the new one."""
+    fd, temp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".", suffix=".tmp")
+    try:
+        with open(fd, "wb") as file:
+            file.write(data)
+        os.replace(temp, path)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(temp)
+        raise
+
+
+def _load(path: str, touch: bool) -> Record | None:
+    try:
+        file = open(path, "rb")  # noqa: SIM115 - closed by the with block below
+    except FileNotFoundError:
+        return None
+    with file:
+        stored = _read_live(file)
+        if stored is None:
+            return None
+        if touch:
+            os.utime(file.fileno())  # on the file just read: a replacement is already fresh
+    return Record(stored.fields, stored.permanent)
+
+
+def _delete(path: str) -> None:
+    try:
+        file = _open_locked(path, create=False)
+    except FileNotFoundError:
+        return
+    with file:
+        os.unlink(path)
+
+
+def _cleanup(directory: str) -> None:
+    """Remove every dead record and stale temp file in ``directory``; never raises."""
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                try:
+                    _collect(entry)
+                except FileNotFoundError:
+                    pass  # a writer or another process's cleanup got there first
+                except OSError:
+                    logger.warning("session cleanup skipped %s", entry.path, exc_info=True)
+    except Exception:
+        logger.warning("session cleanup of %s failed", directory, exc_info=True)
+
+
+def _collect(entry: os.DirEntry[str]) -> None:
+    """Remove ``entry`` if it is a dead record or a temp file left by a crash."""
+    if entry.name.endswith(_SUFFIX):
+        with open(entry.path, "rb") as file:
+            if _read_live(file) is not None:
+                return  # most records are live: look before taking the lock
+        with _open_locked(entry.path, create=False) as file:
+            if _read_live(file) is None:  # still dead, now that no writer can revive it
+                os.unlink(entry.path)
+    elif entry.name.endswith(".tmp") and time.time_ns() - entry.stat().st_mtime_ns > _STALE_TEMP_NS:
+        os.unlink(entry.path)

@@ -1,0 +1,298 @@
+"""``SESSION_CONFIG`` parsed once, at ``init_app``, into frozen store settings."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal
+
+from .backends.base import Backend
+
+__all__ = ["BACKENDS", "CookieSettings", "FieldSelector", "StoreConfig", "parse_config"]
+
+#: Registered ``session_type`` names, imported lazily so a missing driver only matters when used.
+BACKENDS: dict[str, tuple[str, str]] = {
+    "secure_cookie": ("asyncsessions.backends.secure_cookie:SecureCookieBackend", ""),
+    "filesystem": ("asyncsessions.backends.filesystem:FilesystemBackend", ""),
+    "redis": ("asyncsessions.backends.redis:RedisBackend", "redis"),
+    "mongodb": ("asyncsessions.backends.mongodb:MongoDBBackend", "mongodb"),
+    "memcache": ("asyncsessions.backends.memcache:MemcacheBackend", "memcached"),
+    "memcached": ("asyncsessions.backends.memcache:MemcacheBackend", "memcached"),
+    "firestore": ("asyncsessions.backends.firestore:FirestoreBackend", "firestore"),
+}
+
+_DAY = 86400
+_COMMON_KEYS = frozenset(
+    {
+        "cookie_name",
+        "session_type",
+        "session_fields",
+        "cookie_domain",
+        "cookie_path",
+        "cookie_httponly",
+        "cookie_secure",
+        "cookie_max_age",
+        "cookie_samesite",
+        "cookie_partitioned",
+        "session_lifetime",
+        "session_permanent_lifetime",
+        "key_prefix",
+        "use_signer",
+        "on_error",
+        "timeout",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSelector:
+    """Which session fields a store owns."""
+
+    mode: Literal["all", "include", "exclude", "auto"]
+    names: frozenset[str] = frozenset()
+
+    def owns(self, field: str, named_elsewhere: frozenset[str]) -> bool:
+        if self.mode == "all":
+            return True
+        if self.mode == "include":
+            return field in self.names
+        if self.mode == "exclude":
+            return field not in self.names
+        return field not in named_elsewhere
+
+
+@dataclass(frozen=True, slots=True)
+class CookieSettings:
+    """The attributes of one store's cookie."""
+
+    name: str
+    domain: str | None
+    path: str
+    httponly: bool
+    secure: bool
+    samesite: str | None
+    partitioned: bool
+    max_age: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """One ``SESSION_CONFIG`` entry, validated."""
+
+    index: int
+    backend: Backend
+    fields: FieldSelector
+    cookie: CookieSettings
+    lifetime: int
+    permanent_lifetime: int
+    key_prefix: str
+    use_signer: bool
+    on_error: Literal["raise", "degrade"]
+    timeout: float
+
+    @property
+    def name(self) -> str:
+        return self.cookie.name
+
+
+class _EntryError(ValueError):
+    def __init__(self, index: int, key: str, message: str) -> None:
+        super().__init__(f"SESSION_CONFIG[{index}] {key!r}: {message}")
+
+
+def parse_config(config: Mapping[str, Any], *, instance_path: str) -> tuple[StoreConfig, ...]:
+    """Validate the app's session settings; ``ValueError`` names the entry and key at fault."""
+    entries = config.get("SESSION_CONFIG")
+    if entries is None:
+        entries = [{"cookie_name": config.get("SESSION_COOKIE_NAME") or "session"}]
+    if isinstance(entries, (str, bytes, Mapping)) or not isinstance(entries, Sequence):
+        raise ValueError("SESSION_CONFIG must be a list of dicts, one per store")
+    if not entries:
+        raise ValueError("SESSION_CONFIG is empty: configure at least one store")
+    stores = tuple(_parse_entry(i, entry, config) for i, entry in enumerate(entries))
+    _check_together(stores)
+    for store in stores:
+        store.backend.bind(name=store.name, instance_path=instance_path)
+    return stores
+
+
+def _parse_entry(index: int, entry: Any, app: Mapping[str, Any]) -> StoreConfig:
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"SESSION_CONFIG[{index}] must be a dict, not {type(entry).__name__}")
+    entry = dict(entry)  # never mutate the user's config
+    name = entry.pop("cookie_name", None)
+    if not isinstance(name, str) or not name:
+        raise _EntryError(index, "cookie_name", "required, a non-empty string")
+    backend, extra_keys = _make_backend(index, entry)
+    unknown = set(entry) - _COMMON_KEYS - extra_keys
+    if unknown:
+        key = sorted(unknown)[0]
+        hint = difflib.get_close_matches(key, [*_COMMON_KEYS, *extra_keys], n=1)
+        raise _EntryError(
+            index, key, "unknown key" + (f"; did you mean {hint[0]!r}?" if hint else "")
+        )
+
+    def get(key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        value = entry.get(key, default)
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # bool is an int to isinstance, but True is no timeout or max_age.
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            names = " or ".join(t.__name__ for t in kinds)
+            raise _EntryError(index, key, f"expected {names}, got {type(value).__name__}")
+        return value
+
+    permanent_default = app.get("PERMANENT_SESSION_LIFETIME", timedelta(days=31))
+    samesite = get("cookie_samesite", (str, type(None)),
+                   app.get("SESSION_COOKIE_SAMESITE") or "Lax")
+    if samesite is not None and samesite.capitalize() not in ("Lax", "Strict", "None"):
+        raise _EntryError(index, "cookie_samesite", "expected 'Lax', 'Strict', 'None' or None")
+    on_error = get("on_error", str, "raise")
+    if on_error not in ("raise", "degrade"):
+        raise _EntryError(index, "on_error", "expected 'raise' or 'degrade'")
+    timeout = float(get("timeout", (int, float), 5.0))
+    if not 0 < timeout < math.inf:
+        raise _EntryError(index, "timeout", "expected a positive number of seconds")
+    key_prefix = get("key_prefix", str, "session:")
+    max_age = get("cookie_max_age", (int, timedelta, type(None)), None)
+    return StoreConfig(
+        index=index,
+        backend=backend,
+        fields=_parse_fields(index, entry.get("session_fields", [])),
+        cookie=CookieSettings(
+            name=name,
+            domain=get("cookie_domain", (str, type(None)), app.get("SESSION_COOKIE_DOMAIN")),
+            path=get("cookie_path", (str, type(None)), None)
+            or app.get("SESSION_COOKIE_PATH")
+            or app.get("APPLICATION_ROOT")
+            or "/",
+            httponly=get("cookie_httponly", bool, app.get("SESSION_COOKIE_HTTPONLY", True)),
+            secure=get("cookie_secure", bool, app.get("SESSION_COOKIE_SECURE", False)),
+            samesite=samesite.capitalize() if samesite else None,
+            partitioned=get(
+                "cookie_partitioned", bool, app.get("SESSION_COOKIE_PARTITIONED", False)
+            ),
+            max_age=None if max_age is None else _seconds(index, "cookie_max_age", max_age),
+        ),
+        lifetime=_seconds(
+            index, "session_lifetime",
+            get("session_lifetime", (int, float, timedelta), timedelta(days=1)),
+        ),
+        permanent_lifetime=_seconds(
+            index, "session_permanent_lifetime",
+            get("session_permanent_lifetime", (int, float, timedelta), permanent_default),
+        ),
+        key_prefix=key_prefix,
+        use_signer=get("use_signer", bool, False),
+        on_error=on_error,
+        timeout=timeout,
+    )
+
+
+def _seconds(index: int, key: str, value: int | float | timedelta) -> int:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if not 0 < seconds < math.inf:
+        raise _EntryError(index, key, "expected a positive duration")
+    return max(1, math.ceil(seconds))
+
+
+def _make_backend(index: int, entry: dict[str, Any]) -> tuple[Backend, frozenset[str]]:
+    kind = entry.get("session_type", "secure_cookie")
+    if isinstance(kind, Backend):
+        return kind, frozenset()
+    if isinstance(kind, str):
+        if kind not in BACKENDS:
+            hint = difflib.get_close_matches(kind, BACKENDS, n=1)
+            raise _EntryError(
+                index, "session_type",
+                f"unknown store {kind!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                + f" (known: {', '.join(sorted(BACKENDS))})",
+            )
+        cls = _import_backend(index, kind)
+    elif isinstance(kind, type) and issubclass(kind, Backend):
+        cls = kind
+    else:
+        raise _EntryError(
+            index, "session_type", "expected a store name, a Backend subclass or instance"
+        )
+    params = {
+        name: p
+        for name, p in inspect.signature(cls.__init__).parameters.items()
+        if name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    }
+    options = {k: entry.pop(k) for k in list(entry) if k in params and k not in _COMMON_KEYS}
+    try:
+        backend = cls(**options)
+    except (TypeError, ValueError) as exc:
+        key = next((k for k in options if k in str(exc)), "session_type")
+        raise _EntryError(index, key, str(exc)) from exc
+    return backend, frozenset(params)
+
+
+def _import_backend(index: int, kind: str) -> type[Backend]:
+    target, extra = BACKENDS[kind]
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise _EntryError(
+            index, "session_type",
+            f"the {kind!r} store needs its driver: pip install 'asyncsessions[{extra}]' ({exc})",
+        ) from exc
+    cls: type[Backend] = getattr(module, attr)
+    return cls
+
+
+def _parse_fields(index: int, value: Any) -> FieldSelector:
+    if value == "auto":
+        return FieldSelector("auto")
+    if isinstance(value, Mapping):
+        keys = set(value)
+        if len(keys) != 1 or not keys <= {"include", "exclude"}:
+            raise _EntryError(
+                index, "session_fields", "a dict must have exactly one key: 'include' or 'exclude'"
+            )
+        (mode,) = keys
+        return FieldSelector(mode, _names(index, value[mode]))
+    if isinstance(value, (list, tuple, set, frozenset)):
+        names = _names(index, value)
+        return FieldSelector("include", names) if names else FieldSelector("all")
+    raise _EntryError(
+        index, "session_fields", "expected a list of field names, an include/exclude dict or 'auto'"
+    )
+
+
+def _names(index: int, value: Any) -> frozenset[str]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)):
+        raise _EntryError(index, "session_fields", "expected a list of field names")
+    if not all(isinstance(v, str) for v in value):
+        raise _EntryError(index, "session_fields", "field names must be strings")
+    return frozenset(value)
+
+
+def _check_together(stores: tuple[StoreConfig, ...]) -> None:
+    seen: dict[str, int] = {}
+    auto: int | None = None
+    for store in stores:
+        if store.name in seen:
+            raise _EntryError(
+                store.index, "cookie_name",
+                f"{store.name!r} is already used by SESSION_CONFIG[{seen[store.name]}]",
+            )
+        seen[store.name] = store.index
+        if store.fields.mode == "auto":
+            if auto is not None:
+                raise _EntryError(
+                    store.index, "session_fields",
+                    f"only one store may be 'auto' (SESSION_CONFIG[{auto}] already is)",
+                )
+            auto = store.index
+        limit = store.backend.max_key_length
+        if limit is not None and len(store.key_prefix.encode()) + 43 > limit:
+            raise _EntryError(
+                store.index, "key_prefix", f"too long: keys must fit in {limit} bytes"
+            )

@@ -1,0 +1,364 @@
+"""The framework-free core: plan loads, merge stores, diff fields, run all store I/O at once.
+
+Each request goes through three steps per direction so that the adapters can skip the event
+loop when nothing needs I/O: a synchronous plan (cookies → ops), the async ops run together
+in one anyio task group, and a synchronous finish (records → session, or cookies → response).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Literal, Protocol
+
+import anyio
+
+from .backends.base import ClientSideBackend, Record
+from .config import StoreConfig
+from .errors import SessionBackendError, SessionCookieTooLarge
+from .ids import IdCodec, new_id
+from .serialization import dumps, loads
+from .session import MultiStoreSession, StoreState
+
+__all__ = ["Engine", "Op", "SavePlan"]
+
+logger = logging.getLogger("asyncsessions")
+
+#: Browsers drop cookies whose name, value and attributes exceed 4096 bytes.
+COOKIE_LIMIT = 4093
+_ROUTE_CACHE_SIZE = 4096
+
+
+class ResponseLike(Protocol):
+    """What Werkzeug's and Quart's responses offer for cookies."""
+
+    @property
+    def vary(self) -> Any: ...
+
+    def set_cookie(self, key: str, value: str = "", **kwargs: Any) -> Any: ...
+
+    def delete_cookie(self, key: str, **kwargs: Any) -> Any: ...
+
+
+@dataclass(slots=True, eq=False)
+class Op:
+    """One backend call of a request."""
+
+    store: StoreConfig
+    state: StoreState
+    kind: Literal["load", "store", "delete"]
+    key: str
+    changed: Mapping[str, bytes] = field(default_factory=dict)
+    removed: Sequence[str] = ()
+    permanent: bool = False
+    ttl: int = 0
+    result: Record | None = None
+    error: Exception | None = None
+    seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class _Cookie:
+    store: StoreConfig
+    value: str | None  # None: delete the cookie
+    permanent: bool
+
+
+@dataclass(slots=True)
+class SavePlan:
+    """What a save has to do: store I/O first, then cookies."""
+
+    ops: list[Op]
+    cookies: list[_Cookie]
+    vary: bool
+
+
+class Engine:
+    """Open and save multi-store sessions for one app."""
+
+    def __init__(self, stores: tuple[StoreConfig, ...], *, refresh_each_request: bool) -> None:
+        self.stores = stores
+        self.refresh = refresh_each_request
+        self.has_server_side = any(not s.backend.client_side for s in stores)
+        self._included = frozenset().union(
+            *(s.fields.names for s in stores if s.fields.mode == "include")
+        )
+        self._routes: dict[str, tuple[int, ...]] = {}
+        self._unrouted_warned: set[str] = set()
+        self._codec_cache: tuple[tuple[str | bytes, ...], list[IdCodec]] | None = None
+
+    # -- open ---------------------------------------------------------------------------------
+
+    def plan_open(
+        self, cookies: Mapping[str, str], secret_keys: tuple[str | bytes, ...]
+    ) -> tuple[list[StoreState], list[Op]]:
+        """Decode the cookies; the loads the server-side stores need."""
+        states: list[StoreState] = []
+        ops: list[Op] = []
+        codecs = self._id_codecs(secret_keys)
+        for store, codec in zip(self.stores, codecs):
+            state = StoreState(cookie=cookies.get(store.name) or None)
+            states.append(state)
+            if state.cookie is None:
+                continue
+            backend = store.backend
+            if isinstance(backend, ClientSideBackend):
+                if secret_keys:
+                    self._decode_cookie(store, backend, state, secret_keys)
+                continue
+            sid = codec.decode(state.cookie)
+            if sid is not None:
+                state.sid = sid
+                ops.append(Op(store, state, "load", store.key_prefix + sid))
+        return states, ops
+
+    def _decode_cookie(self, store: StoreConfig, backend: ClientSideBackend,
+                       state: StoreState, secret_keys: tuple[str | bytes, ...]) -> None:
+        decoded = backend.decode(
+            state.cookie or "", max_age=max(store.lifetime, store.permanent_lifetime),
+            secret_keys=secret_keys,
+        )
+        if decoded is None:
+            return
+        record, issued_at = decoded
+        lifetime = store.permanent_lifetime if record.permanent else store.lifetime
+        if time.time() - issued_at <= lifetime:
+            state.loaded = record.fields
+            state.loaded_permanent = record.permanent
+            state.issued_at = issued_at
+
+    def finish_open(self, states: list[StoreState], ops: list[Op]) -> MultiStoreSession:
+        """Merge what was loaded, in config order: the first store holding a field wins."""
+        self._raise_or_degrade(ops)
+        for op in ops:
+            state = op.state
+            state.load_seconds = op.seconds
+            if state.failed:
+                continue
+            if op.result is None:
+                state.sid = None  # unknown or expired: never adopt the client's id
+            else:
+                state.loaded = op.result.fields
+                state.loaded_permanent = op.result.permanent
+        data: dict[str, Any] = {}
+        permanent = False
+        for store, state in zip(self.stores, states):
+            if not state.loaded:
+                continue
+            permanent = permanent or state.loaded_permanent
+            for key, raw in state.loaded.items():
+                if key in data:
+                    continue
+                try:
+                    data[key] = loads(raw)
+                except ValueError:
+                    # A planted or corrupt value is dropped (and so removed at the next save),
+                    # never executed or allowed to fail the request.
+                    logger.warning(
+                        "session store %r: dropped unreadable field %r", store.name, key
+                    )
+        return MultiStoreSession(data, states, permanent)
+
+    # -- save ---------------------------------------------------------------------------------
+
+    def plan_save(
+        self,
+        session: MultiStoreSession,
+        secret_keys: tuple[str | bytes, ...],
+        *,
+        can_set_cookies: bool = True,
+    ) -> SavePlan:
+        """Diff every store against what it loaded; the writes, deletes and cookies needed."""
+        per_store: list[dict[str, bytes]] = [{} for _ in self.stores]
+        for key, value in dict.items(session):
+            if not isinstance(key, str) or key.startswith("\0"):
+                raise TypeError(f"session keys must be str not starting with NUL: {key!r}")
+            raw = dumps(value)
+            owners = self._owners(key)
+            for index in owners:
+                per_store[index][key] = raw
+            if not owners and key not in self._unrouted_warned:
+                self._unrouted_warned.add(key)
+                logger.warning("session field %r belongs to no store and is not saved", key)
+
+        permanent = session.permanent
+        regenerate = session.regenerated
+        codecs = self._id_codecs(secret_keys)
+        ops: list[Op] = []
+        cookies: list[_Cookie] = []
+        for store, state, fields, codec in zip(self.stores, session.states, per_store, codecs):
+            if state.failed:
+                continue
+            backend = store.backend
+            if isinstance(backend, ClientSideBackend):
+                cookie = self._save_client_side(
+                    store, backend, state, fields, permanent, secret_keys
+                )
+                if cookie is not None:
+                    cookies.append(cookie)
+                continue
+            if regenerate and state.sid is not None:
+                ops.append(Op(store, state, "delete", store.key_prefix + state.sid))
+                state.sid = None
+                state.loaded = {}
+            if not fields:
+                if state.sid is not None and state.loaded:
+                    ops.append(Op(store, state, "delete", store.key_prefix + state.sid))
+                if state.cookie is not None:
+                    cookies.append(_Cookie(store, None, permanent))
+                continue
+            fresh = state.sid is None
+            if fresh:
+                if not can_set_cookies:
+                    continue  # a websocket has no response to carry the new id
+                state.sid = new_id()
+            sid = state.sid
+            assert sid is not None
+            changed = {k: v for k, v in fields.items() if state.loaded.get(k) != v}
+            removed = [k for k in state.loaded if k not in fields]
+            if changed or removed or fresh or permanent != state.loaded_permanent:
+                ops.append(Op(
+                    store, state, "store", store.key_prefix + sid, changed, removed,
+                    permanent, store.permanent_lifetime if permanent else store.lifetime,
+                ))
+            value = codec.encode(sid)
+            if value != state.cookie or (permanent and self.refresh):
+                cookies.append(_Cookie(store, value, permanent))
+        return SavePlan(ops, cookies if can_set_cookies else [], session.accessed)
+
+    def _save_client_side(
+        self,
+        store: StoreConfig,
+        backend: ClientSideBackend,
+        state: StoreState,
+        fields: dict[str, bytes],
+        permanent: bool,
+        secret_keys: tuple[str | bytes, ...],
+    ) -> _Cookie | None:
+        if not fields:
+            return _Cookie(store, None, permanent) if state.cookie is not None else None
+        stale = (
+            self.refresh
+            and state.issued_at is not None
+            and (permanent or time.time() - state.issued_at > store.lifetime / 2)
+        )
+        if fields == state.loaded and permanent == state.loaded_permanent and not stale:
+            return None
+        if not secret_keys:
+            raise RuntimeError(
+                f"session cookie {store.name!r} is signed with the app's secret key: "
+                "set SECRET_KEY (app.secret_key) before using the session"
+            )
+        value = backend.encode(fields, permanent=permanent, secret_keys=secret_keys)
+        size = len(store.name) + len(value) + 2
+        if size > COOKIE_LIMIT:
+            raise SessionCookieTooLarge(store.name, size, COOKIE_LIMIT)
+        return _Cookie(store, value, permanent)
+
+    def finish_save(self, plan: SavePlan, response: ResponseLike | None) -> None:
+        """Set or clear the cookies of the stores whose I/O succeeded."""
+        self._raise_or_degrade(plan.ops)
+        if response is None:
+            return
+        for cookie in plan.cookies:
+            store = cookie.store
+            settings = store.cookie
+            if cookie.value is None:
+                response.delete_cookie(
+                    settings.name, domain=settings.domain, path=settings.path,
+                    secure=settings.secure, httponly=settings.httponly,
+                    samesite=settings.samesite,
+                )
+                continue
+            if store.backend.client_side is False and any(
+                op.state.failed for op in plan.ops if op.store is store
+            ):
+                continue
+            expires: datetime | None = None
+            if settings.max_age is None and cookie.permanent:
+                expires = datetime.now(timezone.utc) + timedelta(seconds=store.permanent_lifetime)
+            response.set_cookie(
+                settings.name, cookie.value, max_age=settings.max_age, expires=expires,
+                domain=settings.domain, path=settings.path, secure=settings.secure,
+                httponly=settings.httponly, samesite=settings.samesite,
+                **({"partitioned": True} if settings.partitioned else {}),
+            )
+        if plan.vary:
+            response.vary.add("Cookie")
+
+    # -- I/O ----------------------------------------------------------------------------------
+
+    async def run(self, ops: Sequence[Op]) -> None:
+        """Run the ops concurrently; failures are recorded on each op, never raised here."""
+        if len(ops) == 1:
+            await self._run_one(ops[0])
+            return
+        async with anyio.create_task_group() as tg:
+            for op in ops:
+                tg.start_soon(self._run_one, op)
+
+    async def _run_one(self, op: Op) -> None:
+        backend = op.store.backend
+        started = time.perf_counter()
+        try:
+            with anyio.fail_after(op.store.timeout):
+                if op.kind == "load":
+                    op.result = await backend.load(op.key, touch=self.refresh)
+                elif op.kind == "store":
+                    await backend.store(
+                        op.key, op.changed, op.removed, permanent=op.permanent, ttl=op.ttl
+                    )
+                else:
+                    await backend.delete(op.key)
+        except Exception as exc:
+            op.error = exc
+        op.seconds = time.perf_counter() - started
+
+    def _raise_or_degrade(self, ops: Sequence[Op]) -> None:
+        for op in ops:
+            exc = op.error
+            if exc is None:
+                continue
+            message = f"{op.kind} failed: " + (
+                f"no answer within {op.store.timeout:g} s"
+                if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+            )
+            if op.store.on_error == "raise":
+                raise SessionBackendError(op.store.name, message) from exc
+            logger.warning("session store %r degraded for this request: %s",
+                           op.store.name, message)
+            op.state.failed = True
+            op.error = None
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _owners(self, key: str) -> tuple[int, ...]:
+        owners = self._routes.get(key)
+        if owners is None:
+            owners = tuple(
+                i for i, s in enumerate(self.stores) if s.fields.owns(key, self._included)
+            )
+            if len(self._routes) >= _ROUTE_CACHE_SIZE:
+                self._routes.clear()  # keys are usually a fixed set; bound it all the same
+            self._routes[key] = owners
+        return owners
+
+    def _id_codecs(self, secret_keys: tuple[str | bytes, ...]) -> list[IdCodec]:
+        cached = self._codec_cache  # one tuple, so threads never see keys and codecs mixed
+        if cached is not None and cached[0] == secret_keys:
+            return cached[1]
+        codecs = []
+        for store in self.stores:
+            if store.use_signer and not secret_keys:
+                raise RuntimeError(
+                    f"session store {store.name!r} has use_signer=True: "
+                    "set SECRET_KEY (app.secret_key)"
+                )
+            codecs.append(IdCodec(
+                secret_keys if store.use_signer else None, salt=f"asyncsessions.id.{store.name}"
+            ))
+        self._codec_cache = (secret_keys, codecs)
+        return codecs

@@ -1,0 +1,49 @@
+"""The Flask/Quart extension: reads the config once and installs the session interface."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from .config import parse_config
+from .engine import Engine
+
+__all__ = ["Session"]
+
+
+class Session:
+    """Server-side, multi-store sessions for a ``flask.Flask`` or ``quart.Quart`` app.
+
+    ``Session(app)``, or ``ext = Session()`` then ``ext.init_app(app)``. The stores come from
+    ``app.config["SESSION_CONFIG"]`` (see the README); without it, one signed cookie holds the
+    whole session, as in Flask.
+    """
+
+    def __init__(self, app: Any = None) -> None:
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Any) -> None:
+        """Validate the app's session config and take over its session interface."""
+        stores = parse_config(app.config, instance_path=app.instance_path)
+        engine = Engine(
+            stores, refresh_each_request=bool(app.config.get("SESSION_REFRESH_EACH_REQUEST", True))
+        )
+        if _is_quart(app):
+            from .adapters.quart import QuartSessionInterface
+            from .backends.base import close_loop_clients
+
+            app.session_interface = QuartSessionInterface(engine)
+            # Clients were opened lazily on the serving loop: close them before it ends.
+            app.after_serving(close_loop_clients)
+        else:
+            from .adapters.flask import FlaskSessionInterface
+            from .bridge import get_bridge
+
+            app.session_interface = FlaskSessionInterface(engine, get_bridge())
+        app.extensions["asyncsessions"] = engine
+
+
+def _is_quart(app: Any) -> bool:
+    quart = sys.modules.get("quart")
+    return quart is not None and isinstance(app, quart.Quart)

@@ -1,0 +1,192 @@
+"""Tagged JSON for session values: Flask's types round-trip exactly, and nothing is unpickled.
+
+Each top-level session field is serialized on its own to UTF-8 JSON text, which is what the
+stores hold and what the engine compares to find changed fields. Types JSON lacks are wrapped
+in a one-key object whose key starts with a space (as Flask's tagged JSON does), so plain
+dicts can never be mistaken for tags. Unlike Flask's cookie serializer, datetimes keep their
+microseconds and their tzinfo, or their lack of one.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Mapping
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any
+from uuid import UUID
+
+from markupsafe import Markup
+
+__all__ = ["SerializationError", "dumps", "join_fields", "loads", "split_fields"]
+
+
+class SerializationError(TypeError):
+    """A session value has a type that cannot be stored."""
+
+
+try:
+    from zoneinfo import ZoneInfo
+except ImportError:  # pragma: no cover - Python 3.10 always has zoneinfo
+    ZoneInfo = None  # type: ignore[assignment,misc]
+
+
+def _tz_out(tz: Any) -> Any:
+    if tz is None:
+        return None
+    if ZoneInfo is not None and isinstance(tz, ZoneInfo) and tz.key:
+        return tz.key
+    if tz is timezone.utc:
+        return "UTC"
+    offset = tz.utcoffset(None)
+    if isinstance(tz, timezone) and offset is not None:
+        return offset.total_seconds()
+    raise SerializationError(f"cannot store a datetime with tzinfo {tz!r}")
+
+
+def _tz_in(tag: Any) -> Any:
+    if tag is None:
+        return None
+    if tag == "UTC":
+        return timezone.utc
+    if isinstance(tag, str):
+        return ZoneInfo(tag)
+    return timezone(timedelta(seconds=tag))
+
+
+def _dt_out(value: datetime) -> list[Any]:
+    # The wall time without offset plus a separate zone keeps ZoneInfo zones (and their DST
+    # fold) intact instead of collapsing them into fixed offsets.
+    return [value.replace(tzinfo=None).isoformat(), _tz_out(value.tzinfo), value.fold]
+
+
+def _dt_in(raw: list[Any]) -> datetime:
+    wall, tz, fold = raw
+    return datetime.fromisoformat(wall).replace(tzinfo=_tz_in(tz), fold=fold)
+
+
+def _time_out(value: time) -> list[Any]:
+    return [value.replace(tzinfo=None).isoformat(), _tz_out(value.tzinfo), value.fold]
+
+
+def _time_in(raw: list[Any]) -> time:
+    wall, tz, fold = raw
+    return time.fromisoformat(wall).replace(tzinfo=_tz_in(tz), fold=fold)
+
+
+def _tag(value: Any) -> Any:
+    # Exact type checks first: they are the common case and bool must not pass as int.
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is float:
+        if value != value or value in (float("inf"), float("-inf")):
+            return {" f": repr(value)}
+        return value
+    if kind is dict:
+        if len(value) == 1:
+            (key,) = value
+            if isinstance(key, str) and key.startswith(" "):
+                return {" di": {key: _tag(value[key])}}
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise SerializationError(f"session dict keys must be str, not {type(key)!r}")
+            out[key] = _tag(item)
+        return out
+    if kind is list:
+        return [_tag(item) for item in value]
+    if kind is tuple:
+        return {" t": [_tag(item) for item in value]}
+    if kind is bytes:
+        return {" b": base64.b64encode(value).decode("ascii")}
+    if kind is Markup or hasattr(value, "__html__") and isinstance(value, str):
+        return {" m": str(value.__html__())}
+    if kind is datetime:
+        return {" d": _dt_out(value)}
+    if kind is date:
+        return {" dd": value.isoformat()}
+    if kind is time:
+        return {" tm": _time_out(value)}
+    if kind is UUID:
+        return {" u": value.hex}
+    # Subclasses of the plain types (e.g. an IntEnum, an OrderedDict) store as their base.
+    for base, convert in _BASES:
+        if isinstance(value, base):
+            return _tag(convert(value))
+    raise SerializationError(
+        f"cannot store a value of type {kind.__qualname__!r} in the session; "
+        "use str, int, float, bool, None, list, dict, tuple, bytes, datetime, date, time, "
+        "UUID or Markup"
+    )
+
+
+_BASES: tuple[tuple[type, Callable[[Any], Any]], ...] = (
+    (bool, bool),
+    (int, int),
+    (float, float),
+    (str, str),
+    (dict, dict),
+    (list, list),
+    (tuple, tuple),
+    (bytes, bytes),
+    (bytearray, bytes),
+    (datetime, lambda v: datetime.combine(v.date(), v.timetz(), fold=v.fold)),
+    (date, lambda v: date(v.year, v.month, v.day)),
+)
+
+_UNTAG: dict[str, Callable[[Any], Any]] = {
+    " t": lambda v: tuple(_untag(i) for i in v),
+    " b": lambda v: base64.b64decode(v),
+    " m": Markup,
+    " d": _dt_in,
+    " dd": date.fromisoformat,
+    " tm": _time_in,
+    " u": UUID,
+    " f": float,
+    " di": lambda v: {k: _untag(i) for k, i in v.items()},
+}
+
+
+def _untag(value: Any) -> Any:
+    kind = type(value)
+    if kind is dict:
+        if len(value) == 1:
+            (key,) = value
+            convert = _UNTAG.get(key)
+            if convert is not None:
+                return convert(value[key])
+        return {key: _untag(item) for key, item in value.items()}
+    if kind is list:
+        return [_untag(item) for item in value]
+    return value
+
+
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=True)
+
+
+def dumps(value: Any) -> bytes:
+    """Serialize one session value to UTF-8 JSON text."""
+    return _encoder.encode(_tag(value)).encode("utf-8")
+
+
+def loads(data: bytes | str) -> Any:
+    """The value :func:`dumps` serialized; ``ValueError`` if ``data`` is not such text."""
+    try:
+        return _untag(json.loads(data))
+    except (TypeError, KeyError, AttributeError, OverflowError) as exc:
+        raise ValueError(f"not a serialized session value: {exc}") from exc
+
+
+def join_fields(fields: Mapping[str, bytes]) -> bytes:
+    """One JSON object holding already serialized fields, without re-encoding them."""
+    return b"{" + b",".join(_encoder.encode(k).encode() + b":" + v for k, v in fields.items()) + b"}"
+
+
+def split_fields(data: bytes | str) -> dict[str, bytes]:
+    """The serialized fields of a :func:`join_fields` object; ``ValueError`` if it is not one."""
+    obj = json.loads(data)
+    if type(obj) is not dict:
+        raise ValueError("not a serialized session")
+    # Re-encoding the parsed tagged values gives the very bytes dumps() would give.
+    return {k: _encoder.encode(v).encode("utf-8") for k, v in obj.items()}
