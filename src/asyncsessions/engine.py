@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import anyio
 
@@ -21,7 +21,7 @@ from .config import StoreConfig
 from .errors import SessionBackendError, SessionCookieTooLarge
 from .ids import IdCodec, new_id
 from .serialization import dumps, loads
-from .session import MultiStoreSession, StoreState
+from .session import MultiStoreSession, StoreState, UnavailableSession
 
 __all__ = ["Engine", "Op", "SavePlan"]
 
@@ -30,17 +30,6 @@ logger = logging.getLogger("asyncsessions")
 #: Browsers drop cookies whose name, value and attributes exceed 4096 bytes.
 COOKIE_LIMIT = 4093
 _ROUTE_CACHE_SIZE = 4096
-
-
-class ResponseLike(Protocol):
-    """What Werkzeug's and Quart's responses offer for cookies."""
-
-    @property
-    def vary(self) -> Any: ...
-
-    def set_cookie(self, key: str, value: str = "", **kwargs: Any) -> Any: ...
-
-    def delete_cookie(self, key: str, **kwargs: Any) -> Any: ...
 
 
 @dataclass(slots=True, eq=False)
@@ -99,7 +88,7 @@ class Engine:
         states: list[StoreState] = []
         ops: list[Op] = []
         codecs = self._id_codecs(secret_keys)
-        for store, codec in zip(self.stores, codecs):
+        for store, codec in zip(self.stores, codecs, strict=True):
             state = StoreState(cookie=cookies.get(store.name) or None)
             states.append(state)
             if state.cookie is None:
@@ -132,7 +121,10 @@ class Engine:
 
     def finish_open(self, states: list[StoreState], ops: list[Op]) -> MultiStoreSession:
         """Merge what was loaded, in config order: the first store holding a field wins."""
-        self._raise_or_degrade(ops)
+        try:
+            self._raise_or_degrade(ops)
+        except SessionBackendError as exc:
+            return UnavailableSession(exc, states)
         for op in ops:
             state = op.state
             state.load_seconds = op.seconds
@@ -145,7 +137,7 @@ class Engine:
                 state.loaded_permanent = op.result.permanent
         data: dict[str, Any] = {}
         permanent = False
-        for store, state in zip(self.stores, states):
+        for store, state in zip(self.stores, states, strict=True):
             if not state.loaded:
                 continue
             permanent = permanent or state.loaded_permanent
@@ -172,6 +164,8 @@ class Engine:
         can_set_cookies: bool = True,
     ) -> SavePlan:
         """Diff every store against what it loaded; the writes, deletes and cookies needed."""
+        if isinstance(session, UnavailableSession):
+            return SavePlan([], [], vary=True)  # a failed load never leads to a write
         per_store: list[dict[str, bytes]] = [{} for _ in self.stores]
         for key, value in dict.items(session):
             if not isinstance(key, str) or key.startswith("\0"):
@@ -189,7 +183,8 @@ class Engine:
         codecs = self._id_codecs(secret_keys)
         ops: list[Op] = []
         cookies: list[_Cookie] = []
-        for store, state, fields, codec in zip(self.stores, session.states, per_store, codecs):
+        rows = zip(self.stores, session.states, per_store, codecs, strict=True)
+        for store, state, fields, codec in rows:
             if state.failed:
                 continue
             backend = store.backend
@@ -258,8 +253,12 @@ class Engine:
             raise SessionCookieTooLarge(store.name, size, COOKIE_LIMIT)
         return _Cookie(store, value, permanent)
 
-    def finish_save(self, plan: SavePlan, response: ResponseLike | None) -> None:
-        """Set or clear the cookies of the stores whose I/O succeeded."""
+    def finish_save(self, plan: SavePlan, response: Any) -> None:
+        """Set or clear the cookies of the stores whose I/O succeeded.
+
+        ``response`` is Werkzeug's or Quart's response (both have ``set_cookie``,
+        ``delete_cookie`` and ``vary``), or ``None`` after a Quart websocket.
+        """
         self._raise_or_degrade(plan.ops)
         if response is None:
             return

@@ -30,7 +30,7 @@ class IdCodec:
 
     def __init__(self, secret_keys: Sequence[str | bytes] | None, salt: str) -> None:
         # itsdangerous signs with the last key and accepts any: Flask's rotation order.
-        self._signer = Signer(list(secret_keys), salt=salt) if secret_keys else None
+        self._signer = Signer(list(secret_keys), salt=salt) if secret_keys else None  # type: ignore[arg-type]
 
     def encode(self, sid: str) -> str:
         """The cookie value for ``sid``."""

@@ -100,7 +100,7 @@ def _tag(value: Any) -> Any:
         return {" t": [_tag(item) for item in value]}
     if kind is bytes:
         return {" b": base64.b64encode(value).decode("ascii")}
-    if kind is Markup or hasattr(value, "__html__") and isinstance(value, str):
+    if kind is Markup or (hasattr(value, "__html__") and isinstance(value, str)):
         return {" m": str(value.__html__())}
     if kind is datetime:
         return {" d": _dt_out(value)}
@@ -131,7 +131,7 @@ _BASES: tuple[tuple[type, Callable[[Any], Any]], ...] = (
     (tuple, tuple),
     (bytes, bytes),
     (bytearray, bytes),
-    (datetime, lambda v: datetime.combine(v.date(), v.timetz(), fold=v.fold)),
+    (datetime, lambda v: datetime.combine(v.date(), v.timetz()).replace(fold=v.fold)),
     (date, lambda v: date(v.year, v.month, v.day)),
 )
 
@@ -180,7 +180,8 @@ def loads(data: bytes | str) -> Any:
 
 def join_fields(fields: Mapping[str, bytes]) -> bytes:
     """One JSON object holding already serialized fields, without re-encoding them."""
-    return b"{" + b",".join(_encoder.encode(k).encode() + b":" + v for k, v in fields.items()) + b"}"
+    parts = (_encoder.encode(k).encode("utf-8") + b":" + v for k, v in fields.items())
+    return b"{" + b",".join(parts) + b"}"
 
 
 def split_fields(data: bytes | str) -> dict[str, bytes]:

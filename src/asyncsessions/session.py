@@ -52,7 +52,7 @@ class MultiStoreSession(CallbackDict[str, Any], SessionMixin):
 
     # Flask keeps ``permanent`` as a hidden ``_permanent`` field; here it is the session's own
     # flag, stored beside the fields by every store, so it never needs routing.
-    @property  # type: ignore[override]
+    @property
     def permanent(self) -> bool:
         return self._permanent
 
@@ -88,3 +88,24 @@ class MultiStoreSession(CallbackDict[str, Any], SessionMixin):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {dict.__repr__(self)}>"
+
+
+class UnavailableSession(MultiStoreSession):
+    """The session of a request whose store failed to load under ``on_error="raise"``.
+
+    Any use raises the store's :class:`~asyncsessions.SessionBackendError` inside the view, so
+    ``app.errorhandler(SessionBackendError)`` can answer it (e.g. with a 503) in Flask and
+    Quart alike, views that never touch the session still work, and nothing is saved.
+    """
+
+    def __init__(self, error: Exception, states: list[StoreState]) -> None:
+        super().__init__(None, states)
+        self.error = error
+
+    def _fail(self, *args: Any, **kwargs: Any) -> Any:
+        raise self.error
+
+    __getitem__ = __setitem__ = __delitem__ = __iter__ = __len__ = __contains__ = _fail
+    get = setdefault = pop = popitem = update = clear = keys = values = items = copy = _fail
+    permanent = property(_fail, _fail)
+    regenerate = _fail

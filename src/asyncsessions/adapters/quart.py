@@ -32,7 +32,9 @@ class QuartSessionInterface(SessionInterface):
     async def save_session(self, app: Quart, session: Any, response: Any) -> None:
         if not isinstance(session, MultiStoreSession):
             return
-        plan = self.engine.plan_save(session, secret_keys(app), can_set_cookies=response is not None)
+        plan = self.engine.plan_save(
+            session, secret_keys(app), can_set_cookies=response is not None
+        )
         if plan.ops:
             await self.engine.run(plan.ops)
         self.engine.finish_save(plan, response)

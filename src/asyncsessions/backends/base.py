@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
-__all__ = ["Backend", "ClientBackend", "ClientSideBackend", "LoopClients", "Record", "close_loop_clients"]
+__all__ = [
+    "Backend",
+    "ClientBackend",
+    "ClientSideBackend",
+    "LoopClients",
+    "Record",
+    "close_loop_clients",
+]
 
 C = TypeVar("C")
 
@@ -107,10 +115,9 @@ async def close_loop_clients() -> None:
     """Close every client that was opened on the running loop (before the loop closes)."""
     loop = asyncio.get_running_loop()
     for close in _closers.pop(loop, []):
-        try:
+        # A broken connection must not stop the others closing.
+        with contextlib.suppress(Exception):
             await close(loop)
-        except Exception:  # noqa: S110 - a broken connection must not stop the others closing
-            pass
 
 
 class ClientBackend(Backend, Generic[C]):

@@ -71,7 +71,10 @@ class FilesystemBackend(Backend):
 
     def bind(self, *, name: str, instance_path: str) -> None:
         if self.directory is None:
-            self.directory = os.path.join(instance_path, "asyncsessions")
+            # One folder per store, so two file stores never read each other's records.
+            self.directory = os.path.join(
+                instance_path, "asyncsessions", _file_name(name).removesuffix(".session")
+            )
 
     async def load(self, key: str, *, touch: bool) -> Record | None:
         return await anyio.to_thread.run_sync(_load, self._path(key), touch)

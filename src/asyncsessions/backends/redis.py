@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import redis
@@ -48,9 +48,9 @@ class _Script:
 
     async def __call__(self, client: AsyncClient, key: str, *args: bytes | str | int) -> Any:
         try:
-            return await client.evalsha(self.sha, 1, key, *args)  # type: ignore[misc]
+            return await client.evalsha(self.sha, 1, key, *args)
         except NoScriptError:
-            return await client.eval(self.source, 1, key, *args)  # type: ignore[misc]
+            return await client.eval(self.source.decode(), 1, key, *args)
 
 
 _load_touch = _Script(_LOAD_TOUCH)
@@ -78,7 +78,7 @@ class RedisBackend(ClientBackend[AsyncClient]):
         if client is None:
             target = url or "redis://127.0.0.1:6379/0"
             factory = redis.asyncio.RedisCluster if cluster else redis.asyncio.Redis
-            self._make = lambda: factory.from_url(target)
+            self._make: Callable[[], AsyncClient] = lambda: factory.from_url(target)
         elif isinstance(client, redis.asyncio.RedisCluster):
             self._make = _cluster_cloner(client)
         elif isinstance(client, (redis.asyncio.Redis, redis.Redis)):
@@ -103,9 +103,9 @@ class RedisBackend(ClientBackend[AsyncClient]):
         client = self.client
         if touch:
             flat = await _load_touch(client, key, _TTL)
-            raw = dict(zip(flat[::2], flat[1::2]))
+            raw = dict(zip(flat[::2], flat[1::2], strict=True))
         else:
-            raw = await client.hgetall(key)  # type: ignore[misc]
+            raw = await client.hgetall(key)
         if not raw:
             return None
         permanent = raw.pop(_PERMANENT, b"0") == b"1"
@@ -132,7 +132,7 @@ class RedisBackend(ClientBackend[AsyncClient]):
         await self.client.delete(key)
 
 
-def _pool_cloner(client: redis.asyncio.Redis | redis.Redis) -> Any:
+def _pool_cloner(client: redis.asyncio.Redis | redis.Redis) -> Callable[[], AsyncClient]:
     pool = client.connection_pool
     kwargs = {**pool.connection_kwargs, "decode_responses": False}
     # The sync and async connection classes share their names (Connection, SSLConnection, …).
@@ -149,7 +149,7 @@ def _pool_cloner(client: redis.asyncio.Redis | redis.Redis) -> Any:
     return clone
 
 
-def _cluster_cloner(client: redis.asyncio.RedisCluster) -> Any:
+def _cluster_cloner(client: redis.asyncio.RedisCluster) -> Callable[[], AsyncClient]:
     accepted = inspect.signature(redis.asyncio.RedisCluster.__init__).parameters
     kwargs = {k: v for k, v in client.connection_kwargs.items()
               if k in accepted and k not in ("host", "port", "startup_nodes")}

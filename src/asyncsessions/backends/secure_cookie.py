@@ -35,18 +35,18 @@ class SecureCookieBackend(ClientSideBackend):
 
     def __init__(self) -> None:
         self._salt = "asyncsessions"
-        self._cache: tuple[tuple[str | bytes, ...], URLSafeTimedSerializer[Any]] | None = None
+        self._cache: tuple[tuple[str | bytes, ...], URLSafeTimedSerializer] | None = None
 
     def bind(self, *, name: str, instance_path: str) -> None:
         self._salt = f"asyncsessions.cookie.{name}"
 
-    def _serializer(self, secret_keys: Sequence[str | bytes]) -> URLSafeTimedSerializer[Any]:
+    def _serializer(self, secret_keys: Sequence[str | bytes]) -> URLSafeTimedSerializer:
         keys = tuple(secret_keys)
         cached = self._cache
         if cached is not None and cached[0] == keys:
             return cached[1]
-        serializer: URLSafeTimedSerializer[Any] = URLSafeTimedSerializer(
-            list(keys), salt=self._salt, serializer=_Raw,
+        serializer: URLSafeTimedSerializer = URLSafeTimedSerializer(
+            list(keys), salt=self._salt, serializer=_Raw,  # type: ignore[arg-type]
             signer_kwargs={"key_derivation": "hmac", "digest_method": hashlib.sha256},
         )
         self._cache = (keys, serializer)

@@ -1,0 +1,49 @@
+"""App-level fixtures: the framework and store parameters every behaviour test runs under."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from apps import driver_factory
+
+STORES = ["secure_cookie", "filesystem", "redis", "redis_cluster"]
+
+
+@pytest.fixture(params=["flask", "quart"])
+def framework(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def make_driver(framework: str) -> Iterator[Any]:
+    make = driver_factory(framework)
+    yield make
+    for driver in make.made:
+        driver.close()
+
+
+@pytest.fixture(params=STORES)
+def store_entry(request: pytest.FixtureRequest, tmp_path: Any) -> dict[str, Any]:
+    """A SESSION_CONFIG entry (without cookie_name) for one store, on a fresh key prefix."""
+    return store_config(request, str(request.param), tmp_path)
+
+
+def store_config(request: pytest.FixtureRequest, kind: str, tmp_path: Any) -> dict[str, Any]:
+    prefix = f"t{uuid.uuid4().hex[:8]}:"
+    if kind == "secure_cookie":
+        return {"session_type": "secure_cookie"}
+    if kind == "filesystem":
+        return {"session_type": "filesystem", "directory": str(tmp_path / "sessions"),
+                "key_prefix": prefix}
+    if kind == "redis":
+        server = request.getfixturevalue("redis_server")
+        return {"session_type": "redis", "url": server.url, "key_prefix": prefix}
+    if kind == "redis_cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        return {"session_type": "redis", "url": cluster.url, "cluster": True,
+                "key_prefix": prefix}
+    raise AssertionError(kind)

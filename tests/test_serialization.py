@@ -1,0 +1,107 @@
+"""Session values survive the round trip exactly, and stored bytes are never unpickled."""
+
+from __future__ import annotations
+
+import enum
+import pickle
+import uuid
+from collections import OrderedDict
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from markupsafe import Markup
+
+from asyncsessions.serialization import SerializationError, dumps, join_fields, loads, split_fields
+
+EXACT = [
+    "text", "", "ünïcødé ✓", 0, -1, 2**70, 1.5, True, False, None,
+    [1, [2, [3]]], {"a": {"b": [1]}}, (1, (2, "x")), (), b"\x00\x01\xff", b"",
+    uuid.uuid4(), Markup("<b>safe</b>"),
+    datetime(2026, 11, 21, 23, 59, 59, 999999),
+    datetime(2026, 11, 21, 12, 0, 0, 123456, tzinfo=timezone.utc),
+    datetime(2026, 3, 29, 2, 30, tzinfo=ZoneInfo("Europe/Paris")),
+    datetime(2026, 10, 25, 2, 30, fold=1, tzinfo=ZoneInfo("Europe/Paris")),
+    datetime(2026, 1, 1, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+    date(2026, 2, 28), time(12, 30, 1, 5), time(1, 2, tzinfo=timezone.utc),
+    {" t": "a dict that looks like a tag"}, {" di": 1}, float("inf"),
+]
+
+
+@pytest.mark.parametrize("value", EXACT, ids=repr)
+def test_exact_round_trip(value: Any) -> None:
+    back = loads(dumps(value))
+    assert back == value
+    assert type(back) is type(value)
+    if isinstance(value, (datetime, time)):
+        assert back.tzinfo == value.tzinfo
+        assert back.fold == value.fold
+
+
+def test_nan_round_trips() -> None:
+    back = loads(dumps(float("nan")))
+    assert back != back
+
+
+def test_flask_serializer_loses_what_we_keep() -> None:
+    from flask.json.tag import TaggedJSONSerializer
+
+    naive = datetime(2026, 1, 1, 12, 0, 0, 123456)
+    flask_back = TaggedJSONSerializer().loads(TaggedJSONSerializer().dumps({"d": naive}))["d"]
+    assert flask_back != naive  # Flask: aware UTC, no microseconds
+    assert loads(dumps(naive)) == naive
+
+
+def test_subclasses_store_as_their_base() -> None:
+    class Color(enum.IntEnum):
+        RED = 1
+
+    assert loads(dumps(Color.RED)) == 1
+    assert loads(dumps(OrderedDict(a=1))) == {"a": 1}
+
+
+def test_unsupported_type_is_a_clear_error() -> None:
+    with pytest.raises(SerializationError, match="object"):
+        dumps(object())
+    with pytest.raises(SerializationError, match="keys must be str"):
+        dumps({1: "x"})
+
+
+def test_pickle_is_never_executed() -> None:
+    class Boom:
+        def __reduce__(self) -> Any:
+            return (pytest.fail, ("unpickled!",))
+
+    with pytest.raises(ValueError):
+        loads(pickle.dumps(Boom()))
+
+
+def test_garbage_is_a_value_error() -> None:
+    for junk in (b"", b"{", b"\xff\xfe", b"[1,", b"nul"):
+        with pytest.raises(ValueError):
+            loads(junk)
+
+
+def test_join_and_split() -> None:
+    fields = {"a": dumps((1, 2)), "b": dumps({"x": b"y"}), "c d": dumps(None)}
+    assert split_fields(join_fields(fields)) == fields
+    with pytest.raises(ValueError):
+        split_fields(b"[1]")
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
+    | st.binary() | st.uuids() | st.datetimes(timezones=st.none() | st.timezones()),
+    lambda children: st.lists(children) | st.tuples(children, children)
+    | st.dictionaries(st.text(), children),
+    max_leaves=20,
+)
+
+
+@given(json_values)
+def test_property_round_trip(value: Any) -> None:
+    assert dumps(loads(dumps(value))) == dumps(value)
+    assert loads(dumps(value)) == value
