@@ -10,7 +10,7 @@ import secrets
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from flask import (
     Flask,
@@ -26,7 +26,7 @@ from flask import (
 from markupsafe import escape
 from werkzeug.wrappers import Response
 
-from asyncsessions import Session, SessionBackendError
+from asyncsessions import MultiStoreSession, Session, SessionBackendError
 
 # How to reach each store type when it appears in --stores: adding a backend is one line.
 # `u` holds the connection settings given to create_app (redis_url, mongo_url, ...).
@@ -60,8 +60,9 @@ def session_config(stores: str, urls: dict[str, str]) -> list[dict[str, Any]]:
     types = [t.strip() for t in stores.split(",") if t.strip()]
     if len(types) == 1:  # one store: it takes every field
         return [{"cookie_name": "session", "session_type": types[0], "session_fields": [],
-                 **STORE_OPTIONS.get(types[0], lambda u: {})(urls)}]
+                 **_options(types[0], urls)}]
     entries = []
+    fields: list[str] | str
     for i, kind in enumerate(types):
         if i == 0:
             name, fields = "csrf", ["csrf_token"]
@@ -70,11 +71,19 @@ def session_config(stores: str, urls: dict[str, str]) -> list[dict[str, Any]]:
         else:
             field = MIDDLE_FIELDS[i - 1] if i <= len(MIDDLE_FIELDS) else f"field{i}"
             name, fields = f"s{i}_{kind}", [field]
-        # An unknown type gets no options: SESSION_CONFIG parsing then names the problem.
-        options = STORE_OPTIONS.get(kind, lambda u: {})(urls)
         entries.append({"cookie_name": name, "session_type": kind, "session_fields": fields,
-                        **options})
+                        **_options(kind, urls)})
     return entries
+
+
+def _options(kind: str, urls: dict[str, str]) -> dict[str, Any]:
+    # An unknown type gets no options: SESSION_CONFIG parsing then names the problem.
+    return STORE_OPTIONS[kind](urls) if kind in STORE_OPTIONS else {}
+
+
+def _multi() -> MultiStoreSession:
+    """flask.session, typed as what asyncsessions puts there (Flask types it SessionMixin)."""
+    return cast(MultiStoreSession, session)
 
 
 def _time_open_session(app: Flask) -> None:
@@ -89,7 +98,7 @@ def _time_open_session(app: Flask) -> None:
         finally:
             req.environ["demo.open_ms"] = (time.perf_counter() - started) * 1000
 
-    interface.open_session = timed  # type: ignore[method-assign]
+    interface.open_session = timed  # type: ignore[method-assign,assignment]
 
 
 def create_app(stores: str = "embedded", **urls: str) -> Flask:
@@ -121,7 +130,7 @@ def create_app(stores: str = "embedded", **urls: str) -> Flask:
             for key, value in sorted(session.items())
         ]
         rows = []
-        for store, kind, state in zip(engine.stores, kinds, session.states, strict=True):
+        for store, kind, state in zip(engine.stores, kinds, _multi().states, strict=True):
             ms = None if state.load_seconds is None else state.load_seconds * 1000
             rows.append({"name": store.name, "kind": kind, "fields": _describe(store),
                          "has_cookie": state.cookie is not None, "loaded": bool(state.loaded),
@@ -137,7 +146,7 @@ def create_app(stores: str = "embedded", **urls: str) -> Flask:
     def act(action: str) -> Response:
         expected = session.get("csrf_token")
         sent = request.form.get("csrf_token", "")
-        if not expected or not hmac.compare_digest(str(expected), sent):
+        if not expected or not hmac.compare_digest(str(expected).encode(), sent.encode()):
             abort(400, "CSRF token missing or wrong: reload the page")
         key = request.form.get("key", "").strip()
         if action == "set" and key and key != "csrf_token":
@@ -155,7 +164,7 @@ def create_app(stores: str = "embedded", **urls: str) -> Flask:
         elif action == "permanent":
             session.permanent = not session.permanent
         elif action == "regenerate":
-            session.regenerate()
+            _multi().regenerate()
             flash("new ids for every server-side store; the old records are deleted")
         else:
             abort(400, "unknown action, empty key, or csrf_token (managed by the app)")

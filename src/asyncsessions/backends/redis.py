@@ -84,7 +84,8 @@ class RedisBackend(ClientBackend[AsyncClient]):
         elif isinstance(client, (redis.asyncio.Redis, redis.Redis)):
             self._make = _pool_cloner(client)
         elif isinstance(client, redis.RedisCluster):
-            nodes = ", ".join(f"ClusterNode({n.host!r}, {n.port})" for n in client.startup_nodes)
+            known = client.nodes_manager.startup_nodes if hasattr(client, "nodes_manager") else {}
+            nodes = ", ".join(f"ClusterNode({n.host!r}, {n.port})" for n in known.values())
             raise TypeError(
                 "client: a sync redis.RedisCluster cannot be used; pass "
                 f"redis.asyncio.RedisCluster(startup_nodes=[{nodes}]) instead"
