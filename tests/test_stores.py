@@ -35,7 +35,7 @@ def cookie_app(**config: Any) -> flask.Flask:
 def test_oversized_cookie_is_a_clear_error_naming_it() -> None:
     app = cookie_app(SECRET_KEY="k", SESSION_CONFIG=[{"cookie_name": "big"}])
     app.testing = True
-    with pytest.raises(SessionCookieTooLarge, match="'big' would be .* bytes"):
+    with pytest.raises(SessionCookieTooLarge, match=r"'big' would be .* bytes"):
         app.test_client().post("/set/x", data=secrets.token_urlsafe(4000))
 
 
