@@ -291,8 +291,7 @@ def _check_together(stores: tuple[StoreConfig, ...]) -> None:
                     f"only one store may be 'auto' (SESSION_CONFIG[{auto}] already is)",
                 )
             auto = store.index
-        limit = store.backend.max_key_length
-        if limit is not None and len(store.key_prefix.encode()) + 43 > limit:
-            raise _EntryError(
-                store.index, "key_prefix", f"too long: keys must fit in {limit} bytes"
-            )
+        try:
+            store.backend.check_key_prefix(store.key_prefix)
+        except ValueError as exc:
+            raise _EntryError(store.index, "key_prefix", str(exc)) from exc

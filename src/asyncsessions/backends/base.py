@@ -21,6 +21,9 @@ __all__ = [
 
 C = TypeVar("C")
 
+#: Length of a session id (``secrets.token_urlsafe(32)``); keys are ``key_prefix + id``.
+ID_LENGTH = 43
+
 
 @dataclass(frozen=True, slots=True)
 class Record:
@@ -44,6 +47,12 @@ class Backend(ABC):
 
     def bind(self, *, name: str, instance_path: str) -> None:  # noqa: B027 - optional hook
         """Called once at ``init_app`` with the store's cookie name and the app's paths."""
+
+    def check_key_prefix(self, prefix: str) -> None:
+        """Raise ``ValueError`` at ``init_app`` if ``prefix + id`` is no valid key here."""
+        limit = self.max_key_length
+        if limit is not None and len(prefix.encode("utf-8")) + ID_LENGTH > limit:
+            raise ValueError(f"too long: keys must fit in {limit} bytes")
 
     @abstractmethod
     async def load(self, key: str, *, touch: bool) -> Record | None:
