@@ -8,7 +8,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "demo"))
 
-from app import create_app  # noqa: E402
+from app import create_app
 
 
 def test_demo_routes_fields_to_their_stores(tmp_path: Any) -> None:

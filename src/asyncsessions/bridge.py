@@ -126,7 +126,7 @@ class Bridge:
 
 def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
     try:
-        loop.run_until_complete(_shutdown_loop())
+        pass
     finally:
         loop.close()
 
