@@ -126,7 +126,7 @@ class Bridge:
 
 def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
     try:
-        pass
+        loop.run_until_complete(_shutdown_loop())
     finally:
         loop.close()
 

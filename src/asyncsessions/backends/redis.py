@@ -141,8 +141,9 @@ def _pool_cloner(client: redis.asyncio.Redis | redis.Redis) -> Callable[[], Asyn
     max_connections = pool.max_connections
 
     def clone() -> redis.asyncio.Redis:
-        return redis.asyncio.Redis(
-            connection_pool=redis.asyncio.ConnectionPool(
+        # from_pool: the client owns its pool, so aclose() closes the connections too.
+        return redis.asyncio.Redis.from_pool(
+            redis.asyncio.ConnectionPool(
                 connection_class=connection_class, max_connections=max_connections, **kwargs
             )
         )
