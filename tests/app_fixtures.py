@@ -10,7 +10,7 @@ import pytest
 
 from apps import driver_factory
 
-STORES = ["secure_cookie", "filesystem", "redis", "redis_cluster"]
+STORES = ["secure_cookie", "filesystem", "redis", "redis_cluster", "memcache"]
 
 
 @pytest.fixture(params=["flask", "quart"])
@@ -46,4 +46,20 @@ def store_config(request: pytest.FixtureRequest, kind: str, tmp_path: Any) -> di
         cluster = request.getfixturevalue("redis_cluster")
         return {"session_type": "redis", "url": cluster.url, "cluster": True,
                 "key_prefix": prefix}
+    if kind == "memcache":
+        server = request.getfixturevalue("memcached_server")
+        return {"session_type": "memcache", "host": server.host, "port": server.port,
+                "key_prefix": prefix}
     raise AssertionError(kind)
+
+
+def unreachable(entry: dict[str, Any]) -> dict[str, Any] | None:
+    """The same store pointed at a closed loopback port (None: the store has no server)."""
+    kind = entry["session_type"]
+    if kind == "redis":
+        return {"session_type": "redis", "url": "redis://127.0.0.1:1/0"}
+    if kind == "memcache":
+        return {"session_type": "memcache", "host": "127.0.0.1", "port": 1}
+    if kind == "mongodb":
+        return {"session_type": "mongodb", "url": "mongodb://127.0.0.1:1"}
+    return None

@@ -1,0 +1,274 @@
+"""Memcached store: one blob per session, merged under CAS, expiry refreshed on the read."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import unicodedata
+from collections.abc import AsyncIterator, Collection, Mapping
+from typing import Any, NamedTuple
+
+import aiomcache
+from aiomcache.pool import Connection
+
+from ..serialization import join_fields, split_fields
+from .base import ClientBackend, Record
+
+__all__ = ["MemcacheBackend"]
+
+# Record fields beside the session's own; session keys can never start with NUL.
+_TTL = "\0ttl"
+_PERMANENT = "\0p"
+# memcached reads an exptime over 30 days as a Unix time, not as seconds from now.
+_MAX_RELATIVE = 30 * 86400
+_TRIES = 20
+_MAX_BACKOFF = 0.05  # seconds
+
+
+class _Item(NamedTuple):
+    value: bytes
+    flags: int
+    cas: int  # 0 unless fetched with gets
+
+
+class _Stored(NamedTuple):
+    ttl: int
+    permanent: bool
+    fields: dict[str, bytes]
+
+
+class _Client(aiomcache.Client):
+    """aiomcache's connection pool, with the commands sessions need (``gat`` included).
+
+    aiomcache returns a connection to its pool when a command is cancelled before its
+    reply is read (aio-libs/aiomcache#489): the next command then reads that stale reply,
+    and a stale ``STORED`` taken for a ``cas`` answer loses a write silently. A store's
+    ``timeout`` cancels commands, so here an interrupted connection is closed instead.
+    """
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Connection]:
+        conn = await self._pool.acquire()
+        try:
+            yield conn
+        except BaseException:
+            # The pool closes a connection whose reader has an exception when it is released.
+            conn.reader.set_exception(ConnectionAbortedError("memcached command interrupted"))
+            raise
+        finally:
+            self._pool.release(conn)
+
+    async def fetch(self, command: bytes, key: bytes) -> _Item | None:
+        """The item ``command`` (``get``, ``gets`` or ``gat <exptime>``) returns for ``key``."""
+        self._validate_key(key)
+        async with self._connection() as conn:
+            conn.writer.write(b"%s %s\r\n" % (command, key))
+            header = await conn.reader.readline()
+            if header == b"END\r\n":
+                return None
+            terms = header.split()
+            if len(terms) not in (4, 5) or terms[:2] != [b"VALUE", key]:
+                raise _unexpected(header)
+            data = await conn.reader.readexactly(int(terms[3]) + 2)
+            end = await conn.reader.readline()
+            if end != b"END\r\n":
+                raise _unexpected(end)
+            return _Item(data[:-2], int(terms[2]), int(terms[4]) if len(terms) == 5 else 0)
+
+    async def call(self, line: bytes, data: bytes | None = None) -> bytes:
+        """Send one command (and its data block); the one-line reply."""
+        async with self._connection() as conn:
+            conn.writer.write(b"%s\r\n" % line if data is None else b"%s\r\n%s\r\n" % (line, data))
+            await conn.writer.drain()
+            reply = await conn.reader.readline()
+            if not reply.endswith(b"\r\n"):
+                raise _unexpected(reply)
+            return reply[:-2]
+
+
+class MemcacheBackend(ClientBackend[_Client]):
+    """Sessions in memcached, through ``aiomcache``.
+
+    ``client`` is an ``aiomcache.Client`` whose host, port and pool settings are reused for
+    one client per event loop; otherwise ``host`` and ``port`` (default ``127.0.0.1:11211``).
+    aiomcache's default pool is 2 connections per loop: pass a client with a larger
+    ``pool_size`` for a busy Quart app.
+
+    Each session is one item: ``join_fields`` of its fields plus ``"\\u0000ttl": <seconds>``
+    and ``"\\u0000p": <permanent>``, with client flags 0. A write fetches the item with
+    ``gets``, merges the changed and removed fields into it and writes it back with ``cas``
+    (``add`` when there is none), so concurrent requests that change different fields all
+    survive; on a conflict it backs off a random moment and merges again, up to 20 times.
+    A record left without fields is written empty (a ``delete`` could drop a concurrent
+    writer's field) and reads as no session. Writes never use ``set``: memcached drops the
+    old item when a ``set`` is refused as too large, while a refused ``cas`` leaves it.
+
+    TTLs over 30 days are sent as absolute Unix times, as memcached requires, so they rely
+    on the app's and memcached's clocks agreeing.
+
+    The sliding refresh is ``gat`` (get and touch, one round trip), which takes the new
+    expiry up front, before the record, which holds its own TTL, has been read. So the
+    backend refreshes with the shortest TTL it has written or read, then corrects a record
+    whose TTL differs with a ``touch``. A read-only request makes one round trip for a
+    session with the shortest lifetime in use (browser sessions, or every session if all
+    are permanent), and two (``gat`` + ``touch``) for a longer-lived one or before this
+    process has seen any record (``get`` + ``touch``). Guessing the shortest makes a failed
+    correction err towards expiring early. The value is never rewritten by a refresh.
+    """
+
+    max_key_length = 250  # memcached's limit; keys may hold no whitespace or control characters
+
+    def __init__(
+        self, *, client: Any = None, host: str | None = None, port: int | None = None
+    ) -> None:
+        super().__init__()
+        if client is not None:
+            if host is not None or port is not None:
+                raise ValueError("give client or host/port, not both")
+            if not isinstance(client, aiomcache.FlagClient):
+                address = '"{}", {}'.format(*_address_of(client))
+                raise TypeError(
+                    f"client must be an aiomcache.Client, e.g. aiomcache.Client({address}), "
+                    f"not {type(client).__module__}.{type(client).__qualname__}"
+                )
+            pool = client._pool
+            host, port = pool._host, pool._port
+            options: dict[str, Any] = {"pool_size": pool._maxsize, "pool_minsize": pool._minsize,
+                                       "conn_args": pool.conn_args}
+        else:
+            options = {}
+            host = "127.0.0.1" if host is None else host
+            port = 11211 if port is None else port
+            if not isinstance(host, str):
+                raise TypeError(f"host must be a str like '127.0.0.1', not {type(host).__name__}")
+            if not host:
+                raise ValueError("host must not be empty")
+            if not isinstance(port, int) or isinstance(port, bool):
+                raise TypeError(f"port must be an int like 11211, not {type(port).__name__}")
+            if not 0 < port < 65536:
+                raise ValueError(f"port must be 1-65535, not {port}")
+        self.host: str = host
+        self.port: int = port
+        self._options = options
+        self._guess: int | None = None  # the TTL gat refreshes with (see the class docstring)
+
+    def check_key_prefix(self, prefix: str) -> None:
+        for char in prefix:
+            if char.isspace() or unicodedata.category(char) == "Cc":
+                raise ValueError(
+                    f"memcached keys cannot hold whitespace or control characters: "
+                    f"{char!r} in {prefix!r}"
+                )
+        super().check_key_prefix(prefix)
+
+    def _new_client(self) -> _Client:
+        return _Client(self.host, self.port, **self._options)
+
+    async def load(self, key: str, *, touch: bool) -> Record | None:
+        client = self.client
+        name = key.encode()
+        guess = self._guess if touch else None
+        command = b"get" if guess is None else b"gat %d" % _exptime(guess)
+        stored = _parse(await client.fetch(command, name))
+        if stored is None or not stored.fields:
+            return None
+        if touch and stored.ttl != guess:
+            reply = await client.call(b"touch %s %d" % (name, _exptime(stored.ttl)))
+            if reply not in (b"TOUCHED", b"NOT_FOUND"):
+                raise _unexpected(reply)
+        self._learn(stored.ttl)
+        return Record(stored.fields, stored.permanent)
+
+    async def store(
+        self,
+        key: str,
+        changed: Mapping[str, bytes],
+        removed: Collection[str],
+        *,
+        permanent: bool,
+        ttl: int,
+    ) -> None:
+        client = self.client
+        name = key.encode()
+        self._learn(ttl)
+        for attempt in range(_TRIES):
+            item = await client.fetch(b"gets", name)
+            stored = _parse(item)
+            fields = stored.fields if stored else {}
+            fields.update(changed)
+            for field in removed:
+                fields.pop(field, None)
+            if item is None and not fields:
+                return
+            blob = join_fields({_TTL: b"%d" % ttl, _PERMANENT: b"true" if permanent else b"false",
+                                **fields})
+            line = b"%s 0 %d %d" % (name, _exptime(ttl), len(blob))
+            # Another client's item (or garbage) is replaced, through cas all the same.
+            line = b"add " + line if item is None else b"cas %s %d" % (line, item.cas)
+            reply = await client.call(line, blob)
+            if reply == b"STORED":
+                return
+            if reply.startswith(b"SERVER_ERROR object too large"):
+                raise ValueError(
+                    f"session record of {len(blob)} bytes refused by memcached as too large "
+                    "(items are limited to 1 MB unless memcached runs with -I); "
+                    "the stored record is unchanged"
+                )
+            if reply not in (b"EXISTS", b"NOT_FOUND", b"NOT_STORED"):
+                raise _unexpected(reply)
+            # Another request wrote in between: let the contenders spread out, then merge again.
+            await asyncio.sleep(random.uniform(0, min(_MAX_BACKOFF, 0.001 * 2**attempt)))
+        raise RuntimeError(
+            f"session record not written: other requests kept writing it ({_TRIES} cas attempts)"
+        )
+
+    async def delete(self, key: str) -> None:
+        reply = await self.client.call(b"delete " + key.encode())
+        if reply not in (b"DELETED", b"NOT_FOUND"):
+            raise _unexpected(reply)
+
+    def _learn(self, ttl: int) -> None:
+        # A plain read-modify-write: a lost update across threads only costs a touch.
+        if self._guess is None or ttl < self._guess:
+            self._guess = ttl
+
+
+def _exptime(ttl: int) -> int:
+    if ttl < 1:
+        raise ValueError(f"ttl must be at least 1 second, not {ttl}")  # 0 means never expire
+    return ttl if ttl <= _MAX_RELATIVE else int(time.time()) + ttl
+
+
+def _parse(item: _Item | None) -> _Stored | None:
+    """The record in ``item``; None if there is none or it is not one of ours."""
+    if item is None or item.flags:
+        return None  # flags mark another client's encoding, such as a pickle
+    try:
+        fields = split_fields(item.value)
+    except (ValueError, RecursionError):
+        return None
+    ttl, permanent = fields.pop(_TTL, b""), fields.pop(_PERMANENT, b"")
+    if not ttl.isdigit() or int(ttl) < 1 or permanent not in (b"true", b"false"):
+        return None
+    return _Stored(int(ttl), permanent == b"true", fields)
+
+
+def _unexpected(reply: bytes) -> aiomcache.ClientException:
+    if not reply:
+        return aiomcache.ClientException("memcached closed the connection")
+    return aiomcache.ClientException(f"unexpected reply from memcached: {reply[:200]!r}")
+
+
+def _address_of(client: Any) -> tuple[str, int]:
+    """The server a sync memcached client talks to, for the message that refuses it."""
+    servers = getattr(client, "servers", None)  # python-memcached: [_Host(ip, port), …]
+    first = servers[0] if isinstance(servers, list) and servers else None
+    host, port = getattr(first, "ip", None), getattr(first, "port", None)
+    server = getattr(client, "server", None)  # pymemcache: (host, port)
+    if isinstance(server, tuple) and len(server) == 2:
+        host, port = server
+    if isinstance(host, str) and isinstance(port, int):
+        return host, port
+    return "127.0.0.1", 11211

@@ -1,0 +1,394 @@
+"""Tests for the memcached session store, against a real memcached."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import re
+import secrets
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
+
+import aiomcache
+import anyio
+import flask
+import pytest
+
+from apps import Driver
+from asyncsessions import Session
+from asyncsessions.backends.base import Record, close_loop_clients
+from asyncsessions.backends.memcache import MemcacheBackend
+from asyncsessions.config import parse_config
+from servers import MemcachedServer
+
+pytestmark = pytest.mark.server("memcached")
+
+DAY = 86400
+_LAST_LINES = (b"END", b"STORED", b"NOT_STORED", b"EXISTS", b"NOT_FOUND", b"TOUCHED", b"DELETED")
+_LAST_PREFIXES = (b"HD", b"EN", b"SERVER_ERROR", b"CLIENT_ERROR", b"ERROR")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:8]}:"
+
+
+@pytest.fixture
+def key(prefix: str) -> str:
+    return prefix + secrets.token_urlsafe(32)
+
+
+@pytest.fixture
+async def backend(memcached_server: MemcachedServer) -> AsyncIterator[MemcacheBackend]:
+    yield MemcacheBackend(host=memcached_server.host, port=memcached_server.port)
+    await close_loop_clients()
+
+
+def raw(server: MemcachedServer, payload: bytes) -> list[bytes]:
+    """Send one text-protocol command; the reply lines up to and including the last one."""
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        sock.sendall(payload)
+        reader = sock.makefile("rb")
+        lines = []
+        while True:
+            line = reader.readline().rstrip(b"\r\n")
+            lines.append(line)
+            if line in _LAST_LINES or line.startswith(_LAST_PREFIXES):
+                return lines
+
+
+def stats(server: MemcachedServer) -> dict[str, int]:
+    lines = raw(server, b"stats\r\n")[:-1]
+    pairs = (line.decode().split(" ", 2)[1:] for line in lines)
+    return {name: int(value) for name, value in pairs if value.isdigit()}
+
+
+def commands_since(server: MemcachedServer, before: dict[str, int]) -> dict[str, int]:
+    after = stats(server)
+    return {name: after[name] - before[name] for name in ("cmd_get", "cmd_touch", "cmd_set")}
+
+
+def remaining_ttl(server: MemcachedServer, key: str) -> int | None:
+    """Seconds until the item expires (-1: never), or None if there is no item."""
+    line = raw(server, f"mg {key} t\r\n".encode())[-1]
+    return None if line == b"EN" else int(line.split(b" t")[1])
+
+
+# -- the store --------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_round_trip(backend: MemcacheBackend, key: str, prefix: str) -> None:
+    fields = {"user_id": b"42", "name": '"Zoë"'.encode(), "cart": b'[1,{" t":[2,null]}]'}
+    await backend.store(key, fields, (), permanent=True, ttl=60)
+    assert await backend.load(key, touch=False) == Record(fields, permanent=True)
+    assert await backend.load(key, touch=True) == Record(fields, permanent=True)
+    missing = prefix + secrets.token_urlsafe(32)
+    assert await backend.load(missing, touch=False) is None
+    assert await backend.load(missing, touch=True) is None
+
+
+@pytest.mark.anyio
+async def test_store_merges_and_removes_fields(backend: MemcacheBackend, key: str) -> None:
+    await backend.store(key, {"a": b"1", "b": b"2"}, (), permanent=True, ttl=60)
+    await backend.store(key, {"c": b"3"}, ["a", "missing"], permanent=False, ttl=60)
+    assert await backend.load(key, touch=False) == Record({"b": b"2", "c": b"3"})
+    await backend.store(key, {}, ["b", "c"], permanent=False, ttl=60)
+    assert await backend.load(key, touch=True) is None
+
+
+@pytest.mark.anyio
+async def test_removing_from_no_record_writes_nothing(
+    backend: MemcacheBackend, memcached_server: MemcachedServer, key: str
+) -> None:
+    await backend.store(key, {}, ["a"], permanent=False, ttl=60)
+    assert remaining_ttl(memcached_server, key) is None
+
+
+@pytest.mark.anyio
+async def test_concurrent_stores_keep_every_field(
+    memcached_server: MemcachedServer, key: str
+) -> None:
+    # Two instances, each with its own connections, stand in for two worker processes.
+    backends = [MemcacheBackend(host=memcached_server.host, port=memcached_server.port)
+                for _ in range(2)]
+    before = stats(memcached_server)
+
+    async def set_field(i: int) -> None:
+        await backends[i % 2].store(key, {f"f{i}": b"%d" % i}, (), permanent=False, ttl=60)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(30):
+                tg.start_soon(set_field, i)
+        record = await backends[0].load(key, touch=False)
+    finally:
+        await close_loop_clients()
+    assert record == Record({f"f{i}": b"%d" % i for i in range(30)})
+    assert stats(memcached_server)["cas_badval"] > before["cas_badval"]  # they did collide
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("ttl", [30 * DAY, 30 * DAY + 1, 400 * DAY])
+async def test_ttl_over_30_days(
+    backend: MemcacheBackend, memcached_server: MemcachedServer, key: str, ttl: int
+) -> None:
+    # Sent as seconds, anything over 30 days would be a Unix time in 1970: gone at once.
+    await backend.store(key, {"a": b"1"}, (), permanent=True, ttl=ttl)
+    assert await backend.load(key, touch=False) == Record({"a": b"1"}, permanent=True)
+    assert remaining_ttl(memcached_server, key) in range(ttl - 5, ttl + 2)
+    raw(memcached_server, f"touch {key} 60\r\n".encode())
+    assert await backend.load(key, touch=True) == Record({"a": b"1"}, permanent=True)
+    assert remaining_ttl(memcached_server, key) in range(ttl - 5, ttl + 2)
+
+
+@pytest.mark.anyio
+async def test_short_ttl_expires(backend: MemcacheBackend, key: str) -> None:
+    await backend.store(key, {"a": b"1"}, (), permanent=False, ttl=1)
+    assert await backend.load(key, touch=False) == Record({"a": b"1"})
+    await anyio.sleep(2.5)  # memcached's clock ticks once a second
+    assert await backend.load(key, touch=True) is None
+
+
+@pytest.mark.anyio
+async def test_touch_is_one_gat_and_never_rewrites(
+    backend: MemcacheBackend, memcached_server: MemcachedServer, key: str
+) -> None:
+    await backend.store(key, {"a": b"1"}, (), permanent=False, ttl=100)
+    raw(memcached_server, f"touch {key} 5\r\n".encode())
+
+    before = stats(memcached_server)
+    assert await backend.load(key, touch=True) == Record({"a": b"1"})
+    assert commands_since(memcached_server, before) == {"cmd_get": 0, "cmd_touch": 1, "cmd_set": 0}
+    assert remaining_ttl(memcached_server, key) in range(95, 101)
+
+    raw(memcached_server, f"touch {key} 5\r\n".encode())
+    before = stats(memcached_server)
+    assert await backend.load(key, touch=False) == Record({"a": b"1"})
+    assert commands_since(memcached_server, before) == {"cmd_get": 1, "cmd_touch": 0, "cmd_set": 0}
+    assert remaining_ttl(memcached_server, key) in range(6)
+
+
+@pytest.mark.anyio
+async def test_touch_before_any_record_seen_is_get_then_touch(
+    backend: MemcacheBackend, memcached_server: MemcachedServer, key: str
+) -> None:
+    writer = MemcacheBackend(host=memcached_server.host, port=memcached_server.port)
+    await writer.store(key, {"a": b"1"}, (), permanent=False, ttl=100)
+    raw(memcached_server, f"touch {key} 5\r\n".encode())
+    before = stats(memcached_server)
+    assert await backend.load(key, touch=True) == Record({"a": b"1"})  # a fresh process
+    assert commands_since(memcached_server, before) == {"cmd_get": 1, "cmd_touch": 1, "cmd_set": 0}
+    assert remaining_ttl(memcached_server, key) in range(95, 101)
+    before = stats(memcached_server)
+    assert await backend.load(key, touch=True) == Record({"a": b"1"})  # now it knows the TTL
+    assert commands_since(memcached_server, before) == {"cmd_get": 0, "cmd_touch": 1, "cmd_set": 0}
+
+
+@pytest.mark.anyio
+async def test_longer_lived_record_is_touched_to_its_own_ttl(
+    backend: MemcacheBackend, memcached_server: MemcachedServer, prefix: str
+) -> None:
+    short, long = prefix + "s" * 43, prefix + "l" * 43
+    await backend.store(short, {"a": b"1"}, (), permanent=False, ttl=100)
+    await backend.store(long, {"a": b"2"}, (), permanent=True, ttl=1000)
+    for key, ttl, touches in [(long, 1000, 2), (short, 100, 1)]:
+        raw(memcached_server, f"touch {key} 5\r\n".encode())
+        before = stats(memcached_server)
+        assert await backend.load(key, touch=True) is not None
+        assert commands_since(memcached_server, before)["cmd_touch"] == touches
+        assert remaining_ttl(memcached_server, key) in range(ttl - 5, ttl + 2)
+
+
+@pytest.mark.anyio
+async def test_oversize_record_is_refused_and_the_old_one_kept(
+    backend: MemcacheBackend, key: str
+) -> None:
+    await backend.store(key, {"a": b"1"}, (), permanent=False, ttl=60)
+    big = b'"' + b"x" * (1024 * 1024) + b'"'
+    with pytest.raises(ValueError, match=r"record of \d+ bytes refused by memcached as too large"):
+        await backend.store(key, {"big": big}, ["a"], permanent=False, ttl=60)
+    assert await backend.load(key, touch=False) == Record({"a": b"1"})
+    await backend.store(key, {"b": b"2"}, (), permanent=False, ttl=60)
+    assert await backend.load(key, touch=False) == Record({"a": b"1", "b": b"2"})
+
+
+@pytest.mark.anyio
+async def test_delete(backend: MemcacheBackend, key: str) -> None:
+    await backend.delete(key)  # nothing there: fine
+    await backend.store(key, {"a": b"1"}, (), permanent=False, ttl=60)
+    await backend.delete(key)
+    assert await backend.load(key, touch=False) is None
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("flags", "value"),
+    [
+        (1, pickle.dumps({"user_id": "admin"})),  # how pymemcache / python-memcached pickle
+        (0, pickle.dumps({"user_id": "admin"})),
+        (0, b"not json"),
+        (0, b"\xff\xfe{}"),
+        (0, b"[1, 2]"),
+        (0, b'{"user_id": "admin"}'),  # no ttl or permanent flag: not ours
+        (0, b'{"\\u0000ttl": 0, "\\u0000p": false, "user_id": "admin"}'),
+        (0, b'{"\\u0000ttl": 60, "\\u0000p": 1, "user_id": "admin"}'),
+        (0, b"[" * 100_000),
+    ],
+)
+async def test_foreign_values_read_as_no_session(
+    backend: MemcacheBackend, memcached_server: MemcachedServer, key: str,
+    flags: int, value: bytes,
+) -> None:
+    planted = raw(memcached_server, b"set %s %d 60 %d\r\n%s\r\n" % (
+        key.encode(), flags, len(value), value))
+    assert planted == [b"STORED"]
+    assert await backend.load(key, touch=False) is None
+    assert await backend.load(key, touch=True) is None
+    await backend.store(key, {"a": b"1"}, (), permanent=False, ttl=60)  # replaces it
+    assert await backend.load(key, touch=False) == Record({"a": b"1"})
+
+
+@pytest.mark.anyio
+async def test_interrupted_command_never_leaves_a_reply_behind(
+    memcached_server: MemcachedServer, prefix: str
+) -> None:
+    # One connection, so the command after the cancelled one would read its reply.
+    client = aiomcache.Client(memcached_server.host, memcached_server.port, pool_size=1)
+    backend = MemcacheBackend(client=client)
+    first, second = prefix + "1" * 43, prefix + "2" * 43
+    try:
+        await backend.store(first, {"n": b"1"}, (), permanent=False, ttl=60)
+        await backend.store(second, {"n": b"2"}, (), permanent=False, ttl=60)
+        task = asyncio.create_task(backend.load(first, touch=False))
+        await asyncio.sleep(0)  # sent, now waiting for the reply
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await backend.load(second, touch=False) == Record({"n": b"2"})
+        await backend.store(second, {"m": b"3"}, (), permanent=False, ttl=60)
+        assert await backend.load(second, touch=False) == Record({"n": b"2", "m": b"3"})
+    finally:
+        await close_loop_clients()
+
+
+@pytest.mark.anyio
+async def test_given_client_is_cloned_with_its_settings(
+    memcached_server: MemcachedServer, key: str
+) -> None:
+    given = aiomcache.Client(memcached_server.host, memcached_server.port, pool_size=5)
+    backend = MemcacheBackend(client=given)
+    try:
+        await backend.store(key, {"a": b"1"}, (), permanent=False, ttl=60)
+        assert await backend.load(key, touch=True) == Record({"a": b"1"})
+        client = backend.client
+        assert isinstance(client, aiomcache.Client)
+        assert client is not given
+        assert client._pool._maxsize == 5
+        assert given._pool.size() == 0  # the user's client is never used
+    finally:
+        await close_loop_clients()
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+
+def make_app(entry: dict[str, Any]) -> flask.Flask:
+    app = flask.Flask(__name__)
+    app.config["SESSION_CONFIG"] = [{"cookie_name": "sid", **entry}]
+    Session(app)
+    return app
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    ["session: ", "a\tb:", "new\nline:", "del\x7f:", "c1\x85:", "nbsp\xa0:", "ls\u2028:",
+     "p" * (250 - 43 + 1)],
+)
+def test_key_prefix_must_make_valid_keys(prefix: str) -> None:
+    with pytest.raises(ValueError, match=r"SESSION_CONFIG\[0\] 'key_prefix': "):
+        make_app({"session_type": "memcache", "key_prefix": prefix})
+
+
+def test_valid_key_prefixes_are_accepted() -> None:
+    for prefix in ["", "session:", "sessión/ü:", "p" * (250 - 43)]:
+        make_app({"session_type": "memcache", "key_prefix": prefix})
+
+
+@pytest.mark.parametrize("name", ["memcache", "memcached"])
+def test_session_type_names(name: str, tmp_path: Any) -> None:
+    config = {"SESSION_CONFIG": [
+        {"cookie_name": "sid", "session_type": name, "host": "10.0.0.7", "port": 11311}
+    ]}
+    [store] = parse_config(config, instance_path=str(tmp_path))
+    assert isinstance(store.backend, MemcacheBackend)
+    assert (store.backend.host, store.backend.port) == ("10.0.0.7", 11311)
+
+
+python_memcached = type("Client", (), {
+    "__module__": "memcache", "servers": [SimpleNamespace(ip="10.0.0.7", port=11311)],
+})()
+pymemcache = type("Client", (), {"__module__": "pymemcache", "server": ("10.0.0.8", 11411)})()
+
+
+@pytest.mark.parametrize(
+    ("options", "key", "message"),
+    [
+        ({"client": python_memcached}, "client",
+         'aiomcache.Client("10.0.0.7", 11311), not memcache.Client'),
+        ({"client": pymemcache}, "client", 'aiomcache.Client("10.0.0.8", 11411)'),
+        ({"client": object()}, "client", 'aiomcache.Client("127.0.0.1", 11211)'),
+        ({"client": aiomcache.Client("127.0.0.1"), "port": 11211}, "client", "not both"),
+        ({"host": 127001}, "host", "host must be a str"),
+        ({"host": ""}, "host", "must not be empty"),
+        ({"port": "11211"}, "port", "port must be an int"),
+        ({"port": True}, "port", "port must be an int"),
+        ({"port": 70000}, "port", "1-65535"),
+    ],
+)
+def test_bad_options_are_named(options: dict[str, Any], key: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"SESSION_CONFIG[0] {key!r}: ")) as caught:
+        make_app({"session_type": "memcache", **options})
+    assert message in str(caught.value)
+
+
+# -- through Flask and Quart ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("framework", "name"), [("flask", "memcache"), ("quart", "memcached")])
+def test_end_to_end(
+    memcached_server: MemcachedServer, prefix: str, framework: str, name: str
+) -> None:
+    entry = {"cookie_name": "sid", "session_type": name, "host": memcached_server.host,
+             "port": memcached_server.port, "key_prefix": prefix}
+    driver = Driver(framework, {"SESSION_CONFIG": [entry]})
+    try:
+        assert driver.post("set", {"user_id": 42, "cart": [1, 2]}).status == 200
+        key = prefix + driver.cookies()["sid"]
+        assert remaining_ttl(memcached_server, key) is not None
+
+        before = stats(memcached_server)
+        assert driver.show() == {"user_id": "42", "cart": "[1, 2]"}
+        # A read-only request: one gat, nothing written.
+        assert commands_since(memcached_server, before) == {
+            "cmd_get": 0, "cmd_touch": 1, "cmd_set": 0}
+
+        driver.post("append", {"cart": 3})
+        driver.post("del", {"user_id": None})
+        assert driver.show() == {"cart": "[1, 2, 3]"}
+        driver.post("permanent")
+        assert remaining_ttl(memcached_server, key) in range(31 * DAY - 5, 31 * DAY + 2)
+
+        driver.post("clear")
+        assert driver.show() == {}
+        assert remaining_ttl(memcached_server, key) is None
+    finally:
+        driver.close()
