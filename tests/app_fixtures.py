@@ -10,7 +10,7 @@ import pytest
 
 from apps import driver_factory
 
-STORES = ["secure_cookie", "filesystem", "redis", "redis_cluster", "memcache"]
+STORES = ["secure_cookie", "filesystem", "redis", "redis_cluster", "memcache", "mongodb"]
 
 
 @pytest.fixture(params=["flask", "quart"])
@@ -50,6 +50,9 @@ def store_config(request: pytest.FixtureRequest, kind: str, tmp_path: Any) -> di
         server = request.getfixturevalue("memcached_server")
         return {"session_type": "memcache", "host": server.host, "port": server.port,
                 "key_prefix": prefix}
+    if kind == "mongodb":
+        server = request.getfixturevalue("mongo_server")
+        return {"session_type": "mongodb", "url": server.url, "key_prefix": prefix}
     raise AssertionError(kind)
 
 

@@ -161,7 +161,16 @@ def test_planted_pickle_is_never_unpickled(
         finally:
             await close_loop_clients()
 
-    asyncio.run(plant())
+    if store_entry["session_type"] == "mongodb":
+        import pymongo  # stores text; plant the raw bytes as BSON binary with the driver
+        from bson import Binary
+
+        with pymongo.MongoClient(store_entry["url"]) as client:
+            client.asyncsessions.sessions.update_one(
+                {"_id": key}, {"$set": {"f.evil": Binary(payload)}}
+            )
+    else:
+        asyncio.run(plant())
     with caplog.at_level(logging.WARNING, logger="asyncsessions"):
         shown = d.show()
     assert not (tmp_path / "pwned").exists()

@@ -26,6 +26,8 @@ def stress_stores(request: pytest.FixtureRequest, tmp_path: Any) -> list[dict[st
             request, "redis", tmp_path)},
         {"cookie_name": "m", "session_fields": ["cart"], **store_config(
             request, "memcache", tmp_path)},
+        {"cookie_name": "mongo", "session_fields": ["prefs"], **store_config(
+            request, "mongodb", tmp_path)},
         {"cookie_name": "rest", "session_fields": "auto", **store_config(
             request, "filesystem", tmp_path)},
     ]
@@ -47,11 +49,12 @@ def test_many_clients_many_requests(
             errors: list[str] = []
             rng = random.Random(n)
             status, _, jar = call(port, "POST", "/set", {"csrf": f"c{n}", "user": n,
-                                                         "cart": [n], "note": f"n{n}"})
+                                                         "cart": [n], "prefs": {"n": n},
+                                                         "note": f"n{n}"})
             if status != 200:
                 return [f"client {n}: login {status}"]
             expected = {"csrf": repr(f"c{n}"), "user": repr(n), "cart": repr([n]),
-                        "note": repr(f"n{n}")}
+                        "prefs": repr({"n": n}), "note": repr(f"n{n}")}
             for i in range(ROUNDS):
                 if rng.random() < 0.3:
                     status, shown, cookies = call(port, "POST", "/set", {"note": f"n{n}.{i}"},

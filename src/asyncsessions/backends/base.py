@@ -21,6 +21,8 @@ __all__ = [
 
 C = TypeVar("C")
 
+#: Seconds a client may take to close before it is abandoned.
+CLOSE_TIMEOUT = 2.0
 #: Length of a session id (``secrets.token_urlsafe(32)``); keys are ``key_prefix + id``.
 ID_LENGTH = 43
 
@@ -124,9 +126,10 @@ async def close_loop_clients() -> None:
     """Close every client that was opened on the running loop (before the loop closes)."""
     loop = asyncio.get_running_loop()
     for close in _closers.pop(loop, []):
-        # A broken connection must not stop the others closing.
+        # A broken connection must not stop the others closing, and a server that is gone
+        # must not hold up the process's exit (some drivers say goodbye to it first).
         with contextlib.suppress(Exception):
-            await close(loop)
+            await asyncio.wait_for(close(loop), CLOSE_TIMEOUT)
 
 
 class ClientBackend(Backend, Generic[C]):
