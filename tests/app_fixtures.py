@@ -10,7 +10,9 @@ import pytest
 
 from apps import driver_factory
 
-STORES = ["secure_cookie", "filesystem", "redis", "redis_cluster", "memcache", "mongodb"]
+STORES = [
+    "secure_cookie", "filesystem", "redis", "redis_cluster", "memcache", "mongodb", "firestore",
+]
 
 
 @pytest.fixture(params=["flask", "quart"])
@@ -53,6 +55,13 @@ def store_config(request: pytest.FixtureRequest, kind: str, tmp_path: Any) -> di
     if kind == "mongodb":
         server = request.getfixturevalue("mongo_server")
         return {"session_type": "mongodb", "url": server.url, "key_prefix": prefix}
+    if kind == "firestore":
+        emulator = request.getfixturevalue("firestore_emulator")
+        request.getfixturevalue("monkeypatch").setenv(
+            "FIRESTORE_EMULATOR_HOST", emulator.host_port
+        )
+        return {"session_type": "firestore", "project": "asyncsessions-test",
+                "key_prefix": prefix}
     raise AssertionError(kind)
 
 

@@ -19,7 +19,7 @@ from werkzeug.serving import make_server
 from apps import flask_app, quart_app
 from servers import free_port
 
-SERVER_STORES = ["filesystem", "redis", "redis_cluster", "memcache", "mongodb"]
+SERVER_STORES = ["filesystem", "redis", "redis_cluster", "memcache", "mongodb", "firestore"]
 
 
 @contextmanager
