@@ -1,0 +1,332 @@
+"""The whole benchmark run: servers and proxy up, measurements, report, everything down."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from . import machine, report
+from .apps import Endpoints, build_flask
+from .bridge_overhead import measure_bridge
+from .inprocess import SCENARIOS, Budget, measure
+from .load import Target, measure_throughput, start_app_server
+from .proxy import LatencyProxy, measure_rtt
+from .servers import HOST, Server, make_server
+
+#: asyncsessions store → (its backend module, the server it needs).
+STORES = {
+    "redis": ("asyncsessions.backends.redis", "redis"),
+    "mongodb": ("asyncsessions.backends.mongodb", "mongodb"),
+    "memcache": ("asyncsessions.backends.memcache", "memcached"),
+    "firestore": ("asyncsessions.backends.firestore", "firestore"),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How much to measure (``--quick`` or full)."""
+
+    budget: Budget
+    bridge_iterations: int
+    bridge_rounds: int
+    tp_rounds: int
+    tp_warmup: float
+    tp_duration: float
+
+
+FULL = Settings(Budget(seconds=1.0, n_min=15, n_max=400, warmup=5), 2000, 5, 5, 0.3, 1.5)
+QUICK = Settings(Budget(seconds=0.1, n_min=5, n_max=40, warmup=2), 300, 2, 1, 0.2, 0.6)
+
+
+@dataclass(frozen=True)
+class Config:
+    """One in-process Flask app configuration."""
+
+    key: str
+    label: str
+    lib: str
+    kind: str
+    stores: tuple[str, ...]  # server-side stores, i.e. the proxied upstreams it uses
+
+
+@dataclass
+class Run:
+    """Everything a run found and measured; becomes results.json/md/png."""
+
+    mode: str
+    latencies: list[int | float]
+    notes: list[str] = field(default_factory=list)
+    configs: list[Config] = field(default_factory=list)
+    cells: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    rtt_measured: dict[str, float] = field(default_factory=dict)
+    throughput: dict[str, Any] = field(default_factory=dict)
+    bridge: dict[str, Any] | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    def log(self, message: str) -> None:
+        print(f"[{time.monotonic() - self.started:6.1f}s] {message}", file=sys.stderr,
+              flush=True)
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+        self.log("note: " + message)
+
+
+def _import_error(module: str) -> str | None:
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # a backend being written may fail in any way
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _start_servers(run: Run, workdir: Path, stack: contextlib.ExitStack) -> dict[str, int]:
+    """Start the server of every store whose backend imports; their ports by store name."""
+    ports: dict[str, int] = {}
+    for store, (module, server_kind) in STORES.items():
+        error = _import_error(module)
+        if error is not None:
+            run.note(f"store {store!r} skipped: `{module}` does not import ({error})")
+            continue
+        server = make_server(server_kind, workdir)
+        if isinstance(server, str):
+            run.note(f"store {store!r} skipped: {server}")
+            continue
+        run.log(f"starting {server.name}")
+        try:
+            server.start()
+        except RuntimeError as exc:
+            run.note(f"store {store!r} skipped: {exc}")
+            continue
+        stack.callback(_stop, server)
+        ports[store] = server.port
+    if "redis" not in ports:
+        raise SystemExit("redis is required (redis-server and asyncsessions[redis])")
+    return ports
+
+
+def _stop(server: Server) -> None:
+    server.stop()
+
+
+def _plan_configs(run: Run, stores: list[str]) -> list[Config]:
+    peers = {name: _import_error(name) for name in ("flask_session", "pymemcache")}
+    if peers["flask_session"]:
+        run.note(f"Flask-Session not measured: {peers['flask_session']}")
+    configs: list[Config] = []
+    for store, peer_name in (("redis", "redis"), ("mongodb", "mongodb"), ("memcache", "memcached")):
+        if store not in stores:
+            continue
+        configs.append(Config(f"ours-{store}", f"asyncsessions · {peer_name}", "asyncsessions",
+                              store, (store,)))
+        if peers["flask_session"]:
+            continue
+        if store == "memcache" and peers["pymemcache"]:
+            run.note("Flask-Session memcached not measured: it needs pymemcache (or "
+                     f"python-memcached), which does not import ({peers['pymemcache']})")
+            continue
+        configs.append(Config(f"fs-{store}", f"Flask-Session 0.8 · {peer_name}",
+                              "flask-session", store, (store,)))
+    multi = tuple(s for s in ("redis", "mongodb", "memcache") if s in stores)
+    variants = [("multi", multi)]
+    if "firestore" in stores:
+        variants.append(("multi-fs", (*multi, "firestore")))
+    for key, chosen in variants:
+        if len(chosen) < 2:
+            continue
+        kind = "multi:" + "+".join(chosen)
+        names = "+".join(("cookie", *chosen))
+        configs.append(Config(f"ours-{key}", f"asyncsessions · {names}", "asyncsessions", kind,
+                              chosen))
+        configs.append(Config(f"seq-{key}", f"sequential · {names}", "sequential", kind, chosen))
+    return configs
+
+
+def _link(config: Config, store: str) -> str:
+    """The proxy upstream a config uses for a store: each app has its own listening port, so
+    one app's driver chatter (e.g. a sync client's monitor thread) never counts for another.
+    Firestore is shared: its emulator address comes from the environment, once per process."""
+    return "firestore" if store == "firestore" else f"{config.key}/{STORES[store][1]}"
+
+
+def _start_proxy(run: Run, ports: dict[str, int], stack: contextlib.ExitStack) -> LatencyProxy:
+    upstreams = {"ping": ports["redis"]}
+    for config in run.configs:
+        for store in config.stores:
+            upstreams[_link(config, store)] = ports[store]
+    proxy = LatencyProxy(upstreams, http2={"firestore"})
+    stack.callback(proxy.close)
+    if "firestore" in proxy.ports:
+        stack.enter_context(
+            _environ("FIRESTORE_EMULATOR_HOST", f"{HOST}:{proxy.ports['firestore']}")
+        )
+    return proxy
+
+
+def _latency_matrix(run: Run, settings: Settings, proxy: LatencyProxy) -> None:
+    apps: dict[str, Any] = {}
+    for config in list(run.configs):
+        links = {STORES[s][1]: proxy.ports[_link(config, s)] for s in config.stores}
+        try:
+            apps[config.key] = build_flask(config.lib, config.kind, Endpoints(**links))
+        except Exception as exc:
+            run.note(f"config {config.label!r} skipped: the app could not be built "
+                     f"({type(exc).__name__}: {exc})")
+            run.configs.remove(config)
+    counters = {
+        c.key: partial(proxy.count, *(_link(c, s) for s in c.stores)) for c in run.configs
+    }
+
+    def failed(key: str, exc: Exception) -> None:
+        config = next(c for c in run.configs if c.key == key)
+        run.note(f"config {config.label!r} dropped: {type(exc).__name__}: {str(exc)[:300]}")
+        run.configs.remove(config)
+        apps.pop(key, None)
+        for by_config in run.cells.values():
+            by_config.pop(key, None)
+
+    for latency in run.latencies:
+        proxy.set_rtt(latency)
+        rtt = measure_rtt(proxy.ports["ping"])
+        run.rtt_measured[str(latency)] = rtt
+        run.log(f"+{latency} ms RTT (one redis PING through the proxy: {rtt * 1000:.2f} ms)")
+        by_config = run.cells.setdefault(str(latency), {})
+        for scenario in SCENARIOS:
+            cells = measure(dict(apps), scenario, settings.budget, counters, failed=failed)
+            for key, cell in cells.items():
+                by_config.setdefault(key, {})[scenario.key] = cell.as_dict()
+            summary = ", ".join(
+                f"{key} {cell.median * 1000:.2f} ms/{cell.exchanges:.1f} RT"
+                for key, cell in cells.items()
+            )
+            run.log(f"  {scenario.key}: {summary}")
+
+
+def _throughput(run: Run, settings: Settings, redis_port: int, workdir: Path, *, wsgi: str,
+                clients: int) -> None:
+    missing = {name: _import_error(name) for name in
+               ("flask_session", "quart", "quart_session", "hypercorn", "gunicorn")}
+    if wsgi == "auto":
+        wsgi = "werkzeug" if missing["gunicorn"] else "gunicorn"
+        if missing["gunicorn"]:
+            run.note("gunicorn is not installed: Flask throughput uses werkzeug's threaded "
+                     "server (`pip install gunicorn` to use gunicorn's gthread worker)")
+    pairs: list[tuple[Target, Target, str, tuple[str, str]]] = []  # + target ids
+    if not missing["flask_session"]:
+        pairs.append((Target("Flask", wsgi, "asyncsessions"),
+                      Target("Flask", wsgi, "flask-session"), "Flask-Session 0.8", ("3a", "3b")))
+    if not (missing["quart"] or missing["quart_session"] or missing["hypercorn"]):
+        pairs.append((Target("Quart", "hypercorn", "asyncsessions"),
+                      Target("Quart", "hypercorn", "quart-session"), "quart-session", ("3c", "3d")))
+    else:
+        run.note("Quart throughput not measured: quart, quart-session or hypercorn is missing")
+    if not pairs:
+        return
+    scenarios = [("read", "GET", "/read"), ("write-one", "POST", "/write-one")]
+    targets = [t for pair in pairs for t in pair[:2]]
+    with contextlib.ExitStack() as stack:
+        ports = {}
+        for target in targets:
+            run.log(f"starting {target.label}")
+            server = start_app_server(target, redis_port, clients, workdir)
+            stack.callback(_stop, server)
+            ports[target] = server.port
+        result = measure_throughput(
+            [(pair[0], pair[1]) for pair in pairs], ports, scenarios,
+            rounds=settings.tp_rounds, clients=clients, warmup=settings.tp_warmup,
+            duration=settings.tp_duration, log=run.log,
+        )
+    rows = []
+    for ours, peer, peer_name, ids in pairs:
+        for key, _, _ in scenarios:
+            rows.append({
+                "framework": ours.framework, "server": ours.server, "scenario": key,
+                "ours": result.rps(ours, key), "peer": result.rps(peer, key),
+                "ratio": result.ratio(ours, peer, key),
+                "peer_name": peer_name, "target_id": ids[key != "read"],
+                "ours_rounds": result.rounds[(ours, key)],
+                "peer_rounds": result.rounds[(peer, key)],
+            })
+    run.throughput = {"rows": rows, "clients": clients, "rounds": settings.tp_rounds,
+                      "warmup": settings.tp_warmup, "duration": settings.tp_duration,
+                      "wsgi": wsgi}
+
+
+@contextlib.contextmanager
+def _stage(run: Run, name: str) -> Iterator[None]:
+    """Log the stage; if it fails, note why and go on, so the report shows the rest."""
+    run.log(name)
+    try:
+        yield
+    except Exception as exc:
+        run.note(f"{name} failed: {type(exc).__name__}: {str(exc)[:500]}")
+
+
+@contextlib.contextmanager
+def _environ(name: str, value: str) -> Iterator[None]:
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def main(*, quick: bool, latencies: list[int | float], out: Path, wsgi: str, clients: int,
+         profile: bool) -> int:
+    """Run everything; write results.md, results.png and results.json to ``out``."""
+    settings = QUICK if quick else FULL
+    run = Run("quick" if quick else "full", latencies)
+    info = machine.describe()
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="asyncsessions-bench-") as tmp, \
+            contextlib.ExitStack() as stack:
+        workdir = Path(tmp)
+        ports = _start_servers(run, workdir, stack)
+        run.configs = _plan_configs(run, list(ports))
+        proxy = _start_proxy(run, ports, stack)
+        with _stage(run, "bridge overhead"):
+            bridge = measure_bridge(settings.bridge_iterations, settings.bridge_rounds)
+            run.bridge = bridge.as_dict()
+        with _stage(run, "latency"):
+            _latency_matrix(run, settings, proxy)
+        with _stage(run, "throughput"):
+            _throughput(run, settings, ports["redis"], workdir, wsgi=wsgi, clients=clients)
+        if profile:
+            from .profiling import profile_redis
+
+            with _stage(run, "profiling"):
+                profile_redis(Endpoints(redis=ports["redis"]), out, run.note)
+    info["load_end"] = machine.load_average()
+    results: dict[str, Any] = {
+        "mode": run.mode, "latencies": run.latencies, "notes": run.notes, "machine": info,
+        "configs": [asdict(c) for c in run.configs], "cells": run.cells,
+        "rtt_measured": run.rtt_measured, "throughput": run.throughput, "bridge": run.bridge,
+        "elapsed": time.monotonic() - run.started,
+    }
+    results["targets"] = report.evaluate_targets(results)
+    report.write_json(results, out / "results.json")
+    report.write_markdown(results, out / "results.md")
+    try:
+        report.write_png(results, out / "results.png")
+    except ImportError as exc:
+        run.note(f"results.png not written: {exc}")
+        report.write_markdown(results, out / "results.md")
+    for target in results["targets"]:
+        verdict = {True: "PASS", False: "MISS", None: "n/a"}[target["ok"]]
+        run.log(f"target {target['id']}: {verdict}  {target['text']}: {target['measured']} "
+                f"({target['limit']})")
+    run.log(f"wrote {out / 'results.md'} and {out / 'results.png'}")
+    return 0
