@@ -49,6 +49,8 @@ class MultiStoreSession(CallbackDict[str, Any], SessionMixin):
         self.states = states
         self._permanent = permanent
         self._regenerate = False
+        #: Loaded immutable values and their serialized form, reused at save if untouched.
+        self.reusable: dict[str, tuple[Any, bytes]] = {}
 
     # Flask keeps ``permanent`` as a hidden ``_permanent`` field; here it is the session's own
     # flag, stored beside the fields by every store, so it never needs routing.
