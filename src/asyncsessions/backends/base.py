@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -125,11 +124,12 @@ _closers: weakref.WeakKeyDictionary[
 async def close_loop_clients() -> None:
     """Close every client that was opened on the running loop (before the loop closes)."""
     loop = asyncio.get_running_loop()
-    for close in _closers.pop(loop, []):
-        # A broken connection must not stop the others closing, and a server that is gone
-        # must not hold up the process's exit (some drivers say goodbye to it first).
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(close(loop), CLOSE_TIMEOUT)
+    # All at once and bounded: a broken connection must not stop the others closing, and a
+    # server that is gone must not hold up the process's exit (some drivers say goodbye).
+    await asyncio.gather(
+        *(asyncio.wait_for(close(loop), CLOSE_TIMEOUT) for close in _closers.pop(loop, [])),
+        return_exceptions=True,
+    )
 
 
 class ClientBackend(Backend, Generic[C]):
