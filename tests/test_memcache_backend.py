@@ -20,7 +20,7 @@ import pytest
 from apps import Driver
 from asyncsessions import Session
 from asyncsessions.backends.base import Record, close_loop_clients
-from asyncsessions.backends.memcache import MemcacheBackend
+from asyncsessions.backends.memcache import MemcacheBackend, _Remembered
 from asyncsessions.config import parse_config
 from servers import MemcachedServer
 
@@ -74,6 +74,30 @@ def stats(server: MemcachedServer) -> dict[str, int]:
 def commands_since(server: MemcachedServer, before: dict[str, int]) -> dict[str, int]:
     after = stats(server)
     return {name: after[name] - before[name] for name in ("cmd_get", "cmd_touch", "cmd_set")}
+
+
+def cas_since(server: MemcachedServer, before: dict[str, int]) -> dict[str, int]:
+    after = stats(server)
+    return {name: after[name] - before[name] for name in ("cas_hits", "cas_badval", "cas_misses")}
+
+
+def sent_commands(backend: MemcacheBackend) -> list[bytes]:
+    """The commands the backend's client sends from now on, one round trip each, by name."""
+    client = backend.client
+    sent: list[bytes] = []
+    fetch, call = client.fetch, client.call
+
+    async def counted_fetch(command: bytes, key: bytes) -> Any:
+        sent.append(command.split()[0])
+        return await fetch(command, key)
+
+    async def counted_call(line: bytes, data: bytes | None = None) -> bytes:
+        sent.append(line.split()[0])
+        return await call(line, data)
+
+    client.fetch = counted_fetch  # type: ignore[method-assign]
+    client.call = counted_call  # type: ignore[method-assign]
+    return sent
 
 
 def remaining_ttl(server: MemcachedServer, key: str) -> int | None:
@@ -206,6 +230,173 @@ async def test_longer_lived_record_is_touched_to_its_own_ttl(
         assert await backend.load(key, touch=True) is not None
         assert commands_since(memcached_server, before)["cmd_touch"] == touches
         assert remaining_ttl(memcached_server, key) in range(ttl - 5, ttl + 2)
+
+
+# -- one round trip per write: cas over the item the load read ---------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("touch", [True, False])
+async def test_read_then_write_is_two_round_trips(
+    backend: MemcacheBackend, memcached_server: MemcachedServer, key: str, touch: bool
+) -> None:
+    await backend.store(key, {"a": b"1", "b": b"2"}, (), permanent=False, ttl=60)
+    sent = sent_commands(backend)
+    before = stats(memcached_server)
+    assert await backend.load(key, touch=touch) == Record({"a": b"1", "b": b"2"})
+    await backend.store(key, {"a": b"3"}, ["b"], permanent=False, ttl=60)
+    assert sent == [b"gats" if touch else b"gets", b"cas"]
+    assert commands_since(memcached_server, before) == {
+        "cmd_get": 0 if touch else 1, "cmd_touch": 1 if touch else 0, "cmd_set": 1}
+    assert cas_since(memcached_server, before) == {"cas_hits": 1, "cas_badval": 0, "cas_misses": 0}
+    assert await backend.load(key, touch=False) == Record({"a": b"3"})
+
+
+@pytest.mark.anyio
+async def test_new_session_is_one_add(backend: MemcacheBackend, key: str) -> None:
+    sent = sent_commands(backend)
+    await backend.store(key, {"a": b"1"}, (), permanent=False, ttl=60)
+    assert sent == [b"add"]
+    assert await backend.load(key, touch=False) == Record({"a": b"1"})
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("writer", ["other process", "same process"])
+async def test_write_between_load_and_store_loses_nothing(
+    backend: MemcacheBackend, memcached_server: MemcachedServer, key: str, writer: str
+) -> None:
+    await backend.store(key, {"a": b"1", "b": b"1", "gone": b"1"}, (), permanent=False, ttl=60)
+    assert await backend.load(key, touch=True) == Record({"a": b"1", "b": b"1", "gone": b"1"})
+    # Another request of the session writes after this one's load, before its store.
+    other = (backend if writer == "same process"
+             else MemcacheBackend(host=memcached_server.host, port=memcached_server.port))
+    await other.store(key, {"b": b"2", "c": b"2"}, (), permanent=False, ttl=60)
+    sent = sent_commands(backend)
+    before = stats(memcached_server)
+    await backend.store(key, {"a": b"3", "d": b"3"}, ["gone"], permanent=False, ttl=60)
+    # The loaded b=1 is stale: the merge starts from what gets read, never from the load.
+    assert await backend.load(key, touch=False) == Record(
+        {"a": b"3", "b": b"2", "c": b"2", "d": b"3"})
+    if writer == "other process":
+        assert sent[:3] == [b"cas", b"gets", b"cas"]
+        assert cas_since(memcached_server, before)["cas_badval"] == 1  # the load's token
+    else:
+        # The other store took the loaded item (a consistent item and token all the same).
+        assert sent[:3] == [b"add", b"gets", b"cas"]
+        assert cas_since(memcached_server, before)["cas_badval"] == 0
+
+
+@pytest.mark.anyio
+async def test_loaded_item_is_used_once(
+    backend: MemcacheBackend, memcached_server: MemcachedServer, key: str
+) -> None:
+    await backend.store(key, {"a": b"1"}, (), permanent=False, ttl=60)
+    await backend.load(key, touch=True)
+    await backend.store(key, {"b": b"2"}, (), permanent=False, ttl=60)
+    sent = sent_commands(backend)
+    before = stats(memcached_server)
+    await backend.store(key, {"c": b"3"}, ["a"], permanent=False, ttl=60)
+    assert sent == [b"add", b"gets", b"cas"]  # no second cas with the load's token
+    assert cas_since(memcached_server, before) == {"cas_hits": 1, "cas_badval": 0, "cas_misses": 0}
+    assert await backend.load(key, touch=False) == Record({"b": b"2", "c": b"3"})
+
+
+@pytest.mark.anyio
+async def test_missing_and_deleted_records_are_forgotten(
+    backend: MemcacheBackend, memcached_server: MemcachedServer, key: str
+) -> None:
+    await backend.store(key, {"a": b"1"}, (), permanent=False, ttl=60)
+    await backend.load(key, touch=True)
+    assert len(backend._remembered) == 1
+    await backend.delete(key)
+    assert len(backend._remembered) == 0
+    await backend.store(key, {"a": b"1"}, (), permanent=False, ttl=60)
+    await backend.load(key, touch=True)
+    raw(memcached_server, f"delete {key}\r\n".encode())
+    assert await backend.load(key, touch=True) is None
+    assert len(backend._remembered) == 0
+    assert backend._remembered.bytes == 0
+
+
+@pytest.mark.anyio
+async def test_remembered_items_are_bounded(
+    backend: MemcacheBackend, memcached_server: MemcachedServer, prefix: str
+) -> None:
+    assert (backend._remembered.max_items, backend._remembered.max_bytes) == (4096, 8 << 20)
+    backend._remembered = _Remembered(max_items=3, max_bytes=1000)
+    keys = [prefix + f"{i:043d}" for i in range(5)]
+    for key in keys:
+        await backend.store(key, {"a": b"1"}, (), permanent=False, ttl=60)
+        await backend.load(key, touch=True)  # read-only requests: nothing takes the item
+    assert len(backend._remembered) == 3
+    sent = sent_commands(backend)
+    await backend.store(keys[0], {"b": b"2"}, (), permanent=False, ttl=60)  # pushed out
+    await backend.store(keys[4], {"b": b"2"}, (), permanent=False, ttl=60)  # still there
+    assert sent == [b"add", b"gets", b"cas", b"cas"]
+
+    big = prefix + "b" * 43
+    await backend.store(big, {"a": b'"' + b"x" * 600 + b'"'}, (), permanent=False, ttl=60)
+    await backend.load(big, touch=True)
+    assert backend._remembered.bytes <= 1000
+    await backend.load(big, touch=True)  # again: still within the bound
+    assert backend._remembered.bytes <= 1000
+    await backend.store(big, {"a": b'"' + b"y" * 1200 + b'"'}, (), permanent=False, ttl=60)
+    await backend.load(big, touch=True)  # larger than the whole budget: not kept
+    assert backend._remembered.take(big) is None
+    assert backend._remembered.bytes <= 1000
+    for key in [*keys, big]:
+        assert await backend.load(key, touch=False) is not None
+
+
+@pytest.mark.anyio
+async def test_touch_keeps_the_cas_token(
+    backend: MemcacheBackend, memcached_server: MemcachedServer, prefix: str
+) -> None:
+    short, long = prefix + "s" * 43, prefix + "l" * 43
+    await backend.store(long, {"a": b"1"}, (), permanent=True, ttl=1000)
+    [header, *_] = raw(memcached_server, f"gets {long}\r\n".encode())
+    assert raw(memcached_server, f"touch {long} 500\r\n".encode()) == [b"TOUCHED"]
+    assert raw(memcached_server, f"gats 700 {long}\r\n".encode())[0] == header
+
+    # So a write after a load corrected by a touch is still one cas.
+    await backend.store(short, {"a": b"1"}, (), permanent=False, ttl=100)  # gats uses 100
+    sent = sent_commands(backend)
+    before = stats(memcached_server)
+    assert await backend.load(long, touch=True) == Record({"a": b"1"}, permanent=True)
+    await backend.store(long, {"b": b"2"}, (), permanent=True, ttl=1000)
+    assert sent == [b"gats", b"touch", b"cas"]
+    assert cas_since(memcached_server, before) == {"cas_hits": 1, "cas_badval": 0, "cas_misses": 0}
+    assert remaining_ttl(memcached_server, long) in range(995, 1002)
+
+
+@pytest.mark.anyio
+async def test_fifty_concurrent_requests_keep_every_field(
+    memcached_server: MemcachedServer, key: str
+) -> None:
+    # Load, then store one field of its own: two instances stand in for two processes.
+    backends = [MemcacheBackend(host=memcached_server.host, port=memcached_server.port)
+                for _ in range(2)]
+    await backends[0].store(key, {"start": b"0"}, (), permanent=False, ttl=60)
+    before = stats(memcached_server)
+
+    async def request(i: int) -> None:
+        backend = backends[i % 2]
+        record = await backend.load(key, touch=True)
+        assert record is not None
+        assert record.fields["start"] == b"0"
+        await anyio.sleep(0.001 * (i % 3))
+        await backend.store(key, {f"f{i}": b"%d" % i}, (), permanent=False, ttl=60)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(50):
+                tg.start_soon(request, i)
+        record = await backends[0].load(key, touch=False)
+    finally:
+        await close_loop_clients()
+    assert record == Record({"start": b"0"} | {f"f{i}": b"%d" % i for i in range(50)})
+    assert cas_since(memcached_server, before)["cas_badval"] > 0  # they did collide
+    assert all(len(b._remembered) <= 1 for b in backends)
 
 
 @pytest.mark.anyio
@@ -381,7 +572,12 @@ def test_end_to_end(
         assert commands_since(memcached_server, before) == {
             "cmd_get": 0, "cmd_touch": 1, "cmd_set": 0}
 
+        before = stats(memcached_server)
         driver.post("append", {"cart": 3})
+        # A writing request: gats, then one cas over what it read.
+        assert commands_since(memcached_server, before) == {
+            "cmd_get": 0, "cmd_touch": 1, "cmd_set": 1}
+        assert cas_since(memcached_server, before)["cas_hits"] == 1
         driver.post("del", {"user_id": None})
         assert driver.show() == {"cart": "[1, 2, 3]"}
         driver.post("permanent")

@@ -1,10 +1,15 @@
-"""Memcached store: one blob per session, merged under CAS, expiry refreshed on the read."""
+"""Memcached store: one blob per session, merged under CAS, expiry refreshed on the read.
+
+A load remembers the item it read with its CAS token, so that the write usually following in
+the same request is a single ``cas`` over it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import random
+import threading
 import time
 import unicodedata
 from collections.abc import AsyncIterator, Collection, Mapping
@@ -25,12 +30,15 @@ _PERMANENT = "\0p"
 _MAX_RELATIVE = 30 * 86400
 _TRIES = 20
 _MAX_BACKOFF = 0.05  # seconds
+# Bounds on the items loads remember for the stores that follow them (per backend).
+_REMEMBER_ITEMS = 4096
+_REMEMBER_BYTES = 8 * 1024 * 1024  # of item values
 
 
 class _Item(NamedTuple):
     value: bytes
     flags: int
-    cas: int  # 0 unless fetched with gets
+    cas: int  # 0 unless fetched with gets or gats
 
 
 class _Stored(NamedTuple):
@@ -39,8 +47,49 @@ class _Stored(NamedTuple):
     fields: dict[str, bytes]
 
 
+class _Remembered:
+    """Items as loads read them, by key, for the store that usually follows in the request.
+
+    The backend sees no requests, so this is a bounded map instead: a read-only request's item
+    stays until later loads push it out, oldest first, past ``max_items`` items or
+    ``max_bytes`` of values. ``take`` removes the item it returns, so each is used at most
+    once. Only its own bytes and CAS token are kept together: a write merges into exactly the
+    record whose token it presents. Locked, as Flask's bridge runs loops on several threads.
+    """
+
+    def __init__(self, max_items: int = _REMEMBER_ITEMS, max_bytes: int = _REMEMBER_BYTES) -> None:
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: dict[str, _Item] = {}  # oldest first
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, key: str, item: _Item) -> None:
+        with self._lock:
+            self._pop(key)
+            if len(item.value) > self.max_bytes:
+                return
+            self._items[key] = item
+            self.bytes += len(item.value)
+            while len(self._items) > self.max_items or self.bytes > self.max_bytes:
+                self._pop(next(iter(self._items)))
+
+    def take(self, key: str) -> _Item | None:
+        with self._lock:
+            return self._pop(key)
+
+    def _pop(self, key: str) -> _Item | None:
+        item = self._items.pop(key, None)
+        if item is not None:
+            self.bytes -= len(item.value)
+        return item
+
+
 class _Client(aiomcache.Client):
-    """aiomcache's connection pool, with the commands sessions need (``gat`` included).
+    """aiomcache's connection pool, with the commands sessions need (``gats`` included).
 
     aiomcache returns a connection to its pool when a command is cancelled before its
     reply is read (aio-libs/aiomcache#489): the next command then reads that stale reply,
@@ -61,7 +110,7 @@ class _Client(aiomcache.Client):
             self._pool.release(conn)
 
     async def fetch(self, command: bytes, key: bytes) -> _Item | None:
-        """The item ``command`` (``get``, ``gets`` or ``gat <exptime>``) returns for ``key``."""
+        """The item ``command`` (``gets`` or ``gats <exptime>``) returns for ``key``."""
         self._validate_key(key)
         async with self._connection() as conn:
             conn.writer.write(b"%s %s\r\n" % (command, key))
@@ -97,25 +146,38 @@ class MemcacheBackend(ClientBackend[_Client]):
     ``pool_size`` for a busy Quart app.
 
     Each session is one item: ``join_fields`` of its fields plus ``"\\u0000ttl": <seconds>``
-    and ``"\\u0000p": <permanent>``, with client flags 0. A write fetches the item with
-    ``gets``, merges the changed and removed fields into it and writes it back with ``cas``
-    (``add`` when there is none), so concurrent requests that change different fields all
-    survive; on a conflict it backs off a random moment and merges again, up to 20 times.
-    A record left without fields is written empty (a ``delete`` could drop a concurrent
-    writer's field) and reads as no session. Writes never use ``set``: memcached drops the
-    old item when a ``set`` is refused as too large, while a refused ``cas`` leaves it.
+    and ``"\\u0000p": <permanent>``, with client flags 0. A write merges the changed and
+    removed fields into the item and writes it back with ``cas`` (``add`` when there is
+    none), so concurrent requests that change different fields all survive. It first tries
+    the item the request's load read (``gats``/``gets`` return its CAS token; the backend
+    remembers a few thousand such items, see ``_Remembered``), or ``add`` when it has none;
+    if another request wrote in between, that fails and the write falls back to ``gets``,
+    merge, ``cas``, backing off a random moment after each conflict, up to 20 times. A merge
+    always starts from the very item whose token the ``cas`` presents. A record left without
+    fields is written empty (a ``delete`` could drop a concurrent writer's field) and reads
+    as no session. Writes never use ``set``: memcached drops the old item when a ``set`` is
+    refused as too large, while a refused ``cas`` or ``add`` leaves it.
 
     TTLs over 30 days are sent as absolute Unix times, as memcached requires, so they rely
     on the app's and memcached's clocks agreeing.
 
-    The sliding refresh is ``gat`` (get and touch, one round trip), which takes the new
-    expiry up front, before the record, which holds its own TTL, has been read. So the
-    backend refreshes with the shortest TTL it has written or read, then corrects a record
-    whose TTL differs with a ``touch``. A read-only request makes one round trip for a
-    session with the shortest lifetime in use (browser sessions, or every session if all
-    are permanent), and two (``gat`` + ``touch``) for a longer-lived one or before this
-    process has seen any record (``get`` + ``touch``). Guessing the shortest makes a failed
-    correction err towards expiring early. The value is never rewritten by a refresh.
+    The sliding refresh is ``gats`` (get and touch, with the CAS token, one round trip;
+    memcached 1.5.3 or later), which takes the new expiry up front, before the record, which
+    holds its own TTL, has been read. So the backend refreshes with the shortest TTL it has
+    written or read, then corrects a record whose TTL differs with a ``touch`` (which leaves
+    the CAS token as it is). Guessing the shortest makes a failed correction err towards
+    expiring early. The value is never rewritten by a refresh.
+
+    Round trips per request, for a session with the shortest lifetime in use (browser
+    sessions, or every session if all are permanent); one more ``touch`` for a longer-lived
+    one or before this process has seen any record (``gets`` + ``touch`` then):
+
+    - read-only: 1 (``gats``);
+    - writing: 2 (``gats``, ``cas``), or 4 (``gats``, ``cas`` refused, ``gets``, ``cas``)
+      when another request wrote the session in between, more while conflicts go on;
+    - writing a new session (no load): 1 (``add``);
+    - a write whose load's item is no longer remembered (pushed out, or taken by a concurrent
+      request of the same session in this process): 3 (``add`` refused, ``gets``, ``cas``).
     """
 
     max_key_length = 250  # memcached's limit; keys may hold no whitespace or control characters
@@ -152,7 +214,8 @@ class MemcacheBackend(ClientBackend[_Client]):
         self.host: str = host
         self.port: int = port
         self._options = options
-        self._guess: int | None = None  # the TTL gat refreshes with (see the class docstring)
+        self._guess: int | None = None  # the TTL gats refreshes with (see the class docstring)
+        self._remembered = _Remembered()
 
     def check_key_prefix(self, prefix: str) -> None:
         for char in prefix:
@@ -170,15 +233,19 @@ class MemcacheBackend(ClientBackend[_Client]):
         client = self.client
         name = key.encode()
         guess = self._guess if touch else None
-        command = b"get" if guess is None else b"gat %d" % _exptime(guess)
-        stored = _parse(await client.fetch(command, name))
-        if stored is None or not stored.fields:
+        command = b"gets" if guess is None else b"gats %d" % _exptime(guess)
+        item = await client.fetch(command, name)
+        stored = _parse(item)
+        if item is None or stored is None or not stored.fields:
+            self._remembered.take(key)
             return None
         if touch and stored.ttl != guess:
             reply = await client.call(b"touch %s %d" % (name, _exptime(stored.ttl)))
             if reply not in (b"TOUCHED", b"NOT_FOUND"):
                 raise _unexpected(reply)
         self._learn(stored.ttl)
+        # The raw item: parsed again by the store, it can never share the caller's dict.
+        self._remembered.put(key, item)
         return Record(stored.fields, stored.permanent)
 
     async def store(
@@ -193,38 +260,66 @@ class MemcacheBackend(ClientBackend[_Client]):
         client = self.client
         name = key.encode()
         self._learn(ttl)
+        # First, no read: cas over the item this request loaded, as it was loaded, or add
+        # when nothing was loaded (most likely a new session). Either fails if it is stale.
+        loaded = self._remembered.take(key)
+        if (loaded is not None or changed) and await self._write(
+            client, name, loaded, changed, removed, permanent=permanent, ttl=ttl
+        ):
+            return
         for attempt in range(_TRIES):
             item = await client.fetch(b"gets", name)
-            stored = _parse(item)
-            fields = stored.fields if stored else {}
-            fields.update(changed)
-            for field in removed:
-                fields.pop(field, None)
-            if item is None and not fields:
+            if await self._write(client, name, item, changed, removed,
+                                 permanent=permanent, ttl=ttl):
                 return
-            blob = join_fields({_TTL: b"%d" % ttl, _PERMANENT: b"true" if permanent else b"false",
-                                **fields})
-            line = b"%s 0 %d %d" % (name, _exptime(ttl), len(blob))
-            # Another client's item (or garbage) is replaced, through cas all the same.
-            line = b"add " + line if item is None else b"cas %s %d" % (line, item.cas)
-            reply = await client.call(line, blob)
-            if reply == b"STORED":
-                return
-            if reply.startswith(b"SERVER_ERROR object too large"):
-                raise ValueError(
-                    f"session record of {len(blob)} bytes refused by memcached as too large "
-                    "(items are limited to 1 MB unless memcached runs with -I); "
-                    "the stored record is unchanged"
-                )
-            if reply not in (b"EXISTS", b"NOT_FOUND", b"NOT_STORED"):
-                raise _unexpected(reply)
             # Another request wrote in between: let the contenders spread out, then merge again.
             await asyncio.sleep(random.uniform(0, min(_MAX_BACKOFF, 0.001 * 2**attempt)))
         raise RuntimeError(
             f"session record not written: other requests kept writing it ({_TRIES} cas attempts)"
         )
 
+    @staticmethod
+    async def _write(
+        client: _Client,
+        name: bytes,
+        item: _Item | None,
+        changed: Mapping[str, bytes],
+        removed: Collection[str],
+        *,
+        permanent: bool,
+        ttl: int,
+    ) -> bool:
+        """Merge into ``item`` and write it under its CAS token (``add`` for None).
+
+        False if ``item`` is no longer what is stored (for None: an item now exists).
+        """
+        stored = _parse(item)
+        fields = stored.fields if stored else {}
+        fields.update(changed)
+        for field in removed:
+            fields.pop(field, None)
+        if item is None and not fields:
+            return True  # nothing there and nothing to write
+        blob = join_fields({_TTL: b"%d" % ttl, _PERMANENT: b"true" if permanent else b"false",
+                            **fields})
+        line = b"%s 0 %d %d" % (name, _exptime(ttl), len(blob))
+        # Another client's item (or garbage) is replaced, through cas all the same.
+        line = b"add " + line if item is None else b"cas %s %d" % (line, item.cas)
+        reply = await client.call(line, blob)
+        if reply == b"STORED":
+            return True
+        if reply.startswith(b"SERVER_ERROR object too large"):
+            raise ValueError(
+                f"session record of {len(blob)} bytes refused by memcached as too large "
+                "(items are limited to 1 MB unless memcached runs with -I); "
+                "the stored record is unchanged"
+            )
+        if reply not in (b"EXISTS", b"NOT_FOUND", b"NOT_STORED"):
+            raise _unexpected(reply)
+        return False
+
     async def delete(self, key: str) -> None:
+        self._remembered.take(key)
         reply = await self.client.call(b"delete " + key.encode())
         if reply not in (b"DELETED", b"NOT_FOUND"):
             raise _unexpected(reply)
