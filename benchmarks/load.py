@@ -46,18 +46,27 @@ class Throughput:
         return statistics.median(a / b for a, b in pairs)
 
 
-def _ready(port: int) -> bool:
-    with urllib.request.urlopen(f"http://{HOST}:{port}/nosession", timeout=2.0) as response:
-        return bool(response.status == 200)
+class AppServer(Server):
+    """``python -m benchmarks.serve`` for one target, run from the repository root."""
+
+    ready_timeout = 60.0
+
+    def __init__(self, target: Target, redis_port: int, threads: int, workdir: Path) -> None:
+        port = free_port()
+        self.name = f"{target.server}-{target.lib}"
+        argv = [sys.executable, "-m", "benchmarks.serve", target.server, target.lib, str(port),
+                str(redis_port), str(threads)]
+        super().__init__(argv, workdir, port, cwd=ROOT)
+
+    def is_ready(self) -> bool:
+        url = f"http://{self.host}:{self.port}/nosession"
+        with urllib.request.urlopen(url, timeout=2.0) as response:
+            return bool(response.status == 200)
 
 
 def start_app_server(target: Target, redis_port: int, threads: int, workdir: Path) -> Server:
     """Start ``python -m benchmarks.serve`` for ``target`` and wait until it answers."""
-    port = free_port()
-    argv = [sys.executable, "-m", "benchmarks.serve", target.server, target.lib, str(port),
-            str(redis_port), str(threads)]
-    name = f"{target.server}-{target.lib}"
-    server = Server(name, argv, port, _ready, workdir, timeout=60.0, cwd=ROOT)
+    server = AppServer(target, redis_port, threads, workdir)
     server.start()
     return server
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pymongo
 import pytest
@@ -100,3 +103,10 @@ def test_missing_binary_skips_or_fails_under_ci(
     expected = pytest.fail.Exception if outcome == "fail" else pytest.skip.Exception
     with pytest.raises(expected, match="not installed"):
         servers.missing("frobnicator")
+
+
+def test_serverkit_needs_no_pytest() -> None:
+    """The benchmarks start their servers with serverkit, outside pytest."""
+    code = "import serverkit, sys; assert 'pytest' not in sys.modules, 'pytest imported'"
+    tests = str(Path(__file__).parent)
+    subprocess.run([sys.executable, "-c", code], cwd=tests, check=True, timeout=60)
