@@ -78,6 +78,8 @@ def test_many_clients_many_requests(
         # Connections are pooled: bounded by the server's threads, not the request count.
         assert redis_clients(redis_server.url) <= settled + CLIENTS + 4
     deadline = time.monotonic() + 10
-    while threading.active_count() > threads_before + 2 and time.monotonic() < deadline:
+    # Allowed to stay: the bridge's shared I/O executor (at most 4 threads) and one loop thread.
+    while threading.active_count() > threads_before + 5 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert threading.active_count() <= threads_before + 2
+    assert threading.active_count() <= threads_before + 5, [
+        t.name for t in threading.enumerate()]

@@ -26,6 +26,7 @@ import collections
 import os
 import threading
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from .backends.base import close_loop_clients
@@ -77,6 +78,7 @@ class Bridge:
         self._lock = threading.Lock()  # guards _loop_thread creation and closing
         self._loop_thread: _LoopThread | None = None
         self._closed = False
+        self._executor = _SharedExecutor(max_workers=4, thread_name_prefix="asyncsessions-io")
         # Loops and clients inherited across fork: kept referenced, never used or closed in
         # the child (their sockets belong to the parent's connections).
         self._inherited: list[object] = []
@@ -88,7 +90,7 @@ class Bridge:
         try:
             loop = self._idle.pop()  # deque pop/append are atomic: no lock on the hot path
         except IndexError:
-            loop = asyncio.new_event_loop()
+            loop = self._new_loop()
         try:
             return loop.run_until_complete(factory())
         finally:
@@ -96,6 +98,13 @@ class Bridge:
                 _close_loop(loop)
             else:
                 self._idle.append(loop)
+
+    def _new_loop(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.new_event_loop()
+        # Drivers resolve names and such in the loop's default executor; one shared pool
+        # keeps those threads bounded however many loops the pool holds.
+        loop.set_default_executor(self._executor)
+        return loop
 
     def _shared_thread(self) -> _LoopThread:
         with self._lock:
@@ -116,12 +125,25 @@ class Bridge:
             if self._loop_thread is not None:
                 self._loop_thread.close()
                 self._loop_thread = None
+        self._executor.close()
 
     def _after_fork_in_child(self) -> None:
         self._inherited += [*self._idle, self._loop_thread]
         self._idle = collections.deque()
         self._lock = threading.Lock()
+        # The parent's executor threads do not exist here.
+        self._executor = _SharedExecutor(max_workers=4, thread_name_prefix="asyncsessions-io")
         self._loop_thread = None
+
+
+class _SharedExecutor(ThreadPoolExecutor):
+    """The default executor of every pooled loop; closing one loop must not shut it down."""
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Ignored: ``loop.close()`` calls it, but other loops still use this pool."""
+
+    def close(self) -> None:
+        super().shutdown(wait=False)
 
 
 def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
