@@ -9,14 +9,36 @@ from typing import Any
 
 import redis
 import redis.asyncio
+import redis.connection
 from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.connection import parse_url
 from redis.exceptions import NoScriptError
 
+from . import resp
 from .base import ClientBackend, Record
 
 __all__ = ["RedisBackend"]
 
-AsyncClient = redis.asyncio.Redis | redis.asyncio.RedisCluster
+
+class _FastClient(resp.RespClient):
+    """The few redis-py calls the store makes, over one pipelined connection per loop."""
+
+    async def evalsha(self, sha: str, numkeys: int, *keys_and_args: bytes | str | int) -> Any:
+        return await self.execute("EVALSHA", sha, numkeys, *keys_and_args)
+
+    async def eval(self, script: str, numkeys: int, *keys_and_args: bytes | str | int) -> Any:
+        return await self.execute("EVAL", script, numkeys, *keys_and_args)
+
+    async def hgetall(self, key: str) -> dict[bytes, bytes]:
+        flat = await self.execute("HGETALL", key)
+        return dict(zip(flat[::2], flat[1::2], strict=True))
+
+    async def delete(self, key: str) -> int:
+        deleted: int = await self.execute("DEL", key)
+        return deleted
+
+
+AsyncClient = redis.asyncio.Redis | redis.asyncio.RedisCluster | _FastClient
 
 # Hash fields beside the session's own; session keys can never start with NUL.
 _TTL = b"\0ttl"
@@ -58,11 +80,17 @@ _store = _Script(_STORE)
 
 
 class RedisBackend(ClientBackend[AsyncClient]):
-    """Sessions in Redis or a Redis Cluster, through ``redis.asyncio``.
+    """Sessions in Redis or a Redis Cluster.
 
     ``client`` may be a ``redis.asyncio.Redis`` or ``RedisCluster`` (its settings are reused
-    for a connection pool per event loop), or a sync ``redis.Redis``, adapted the same way;
-    otherwise ``url`` (``cluster=True`` for a cluster), default ``redis://127.0.0.1:6379/0``.
+    for a client per event loop), or a sync ``redis.Redis``, adapted the same way; otherwise
+    ``url`` (``cluster=True`` for a cluster), default ``redis://127.0.0.1:6379/0``.
+
+    A plain TCP connection to one server (host, port, db, username/password, client name,
+    timeouts) goes through :mod:`.resp`: one pipelined connection per loop costs about half
+    of ``redis.asyncio``'s pool and command machinery per op, which at loopback latency is
+    most of a request's session cost. TLS, unix sockets, credential providers, custom
+    connection classes or hooks, RESP3 and clusters keep ``redis.asyncio``.
     """
 
     def __init__(
@@ -78,11 +106,14 @@ class RedisBackend(ClientBackend[AsyncClient]):
         if client is None:
             target = url or "redis://127.0.0.1:6379/0"
             factory = redis.asyncio.RedisCluster if cluster else redis.asyncio.Redis
-            self._make: Callable[[], AsyncClient] = lambda: factory.from_url(target)
+            fast = None if cluster else _fast_cloner_for_url(target)
+            self._make: Callable[[], AsyncClient] = fast or (lambda: factory.from_url(target))
         elif isinstance(client, redis.asyncio.RedisCluster):
             self._make = _cluster_cloner(client)
         elif isinstance(client, (redis.asyncio.Redis, redis.Redis)):
-            self._make = _pool_cloner(client)
+            pool = client.connection_pool
+            fast = _fast_cloner(pool.connection_class, pool.connection_kwargs)
+            self._make = fast or _pool_cloner(client)
         elif isinstance(client, redis.RedisCluster):
             known = client.nodes_manager.startup_nodes if hasattr(client, "nodes_manager") else {}
             nodes = ", ".join(f"ClusterNode({n.host!r}, {n.port})" for n in known.values())
@@ -164,3 +195,61 @@ def _cluster_cloner(client: redis.asyncio.RedisCluster) -> Callable[[], AsyncCli
         )
 
     return clone
+
+
+# Connection settings a plain TCP connection either honours or can do without (retries,
+# health checks and driver bookkeeping are redis-py's own). Any other setting, such as TLS,
+# a unix socket path, or one a later redis-py adds, keeps redis-py's client.
+_PLAIN_SETTINGS = frozenset({
+    "host", "port", "db", "username", "password", "client_name",
+    "socket_timeout", "socket_connect_timeout", "socket_keepalive", "socket_keepalive_options",
+    "socket_read_size", "socket_type", "decode_responses", "encoding", "encoding_errors",
+    "health_check_interval", "retry", "retry_on_timeout", "retry_on_error",
+    "credential_provider", "redis_connect_func", "protocol",
+    "driver_info", "lib_name", "lib_version", "legacy_responses", "event_dispatcher",
+    "himport_registry", "maint_notifications_config", "maint_notifications_pool_handler",
+    "orig_host_address", "orig_socket_timeout", "orig_socket_connect_timeout",
+})
+_PLAIN_CLASSES = (redis.asyncio.connection.Connection, redis.connection.Connection)
+
+
+def _fast_cloner(
+    connection_class: type[Any], kwargs: Mapping[str, Any]
+) -> Callable[[], AsyncClient] | None:
+    """A factory of :class:`_FastClient` if the settings are a plain TCP connection."""
+    keepalive_options = kwargs.get("socket_keepalive_options")
+    if (
+        not resp.AVAILABLE
+        or connection_class not in _PLAIN_CLASSES
+        or not kwargs.keys() <= _PLAIN_SETTINGS
+        or kwargs.get("credential_provider") is not None
+        or kwargs.get("redis_connect_func") is not None
+        or kwargs.get("protocol") not in (None, 2, "2")
+        or kwargs.get("socket_type") not in (None, 0)
+        # hiredis packs str arguments as UTF-8, as redis-py does by default.
+        or str(kwargs.get("encoding") or "utf-8").lower().replace("-", "") != "utf8"
+        or (isinstance(keepalive_options, Mapping) and keepalive_options)
+    ):
+        return None
+    host = str(kwargs.get("host") or "localhost")
+    port = int(kwargs.get("port") or 6379)
+    settings: dict[str, Any] = {
+        "db": int(kwargs.get("db") or 0),
+        "username": kwargs.get("username"),
+        "password": kwargs.get("password"),
+        "client_name": kwargs.get("client_name"),
+        # Bounded even when redis-py's is not: the store's timeout bounds each op anyway.
+        "connect_timeout": float(
+            kwargs.get("socket_connect_timeout") or kwargs.get("socket_timeout") or 5.0
+        ),
+    }
+    return lambda: _FastClient(host, port, **settings)
+
+
+def _fast_cloner_for_url(url: str) -> Callable[[], AsyncClient] | None:
+    try:
+        kwargs = parse_url(url)
+    except ValueError:
+        return None  # redis-py's from_url reports it, at first use as before
+    connection_class = kwargs.pop("connection_class", redis.asyncio.connection.Connection)
+    return _fast_cloner(connection_class, kwargs)
