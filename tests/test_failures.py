@@ -114,3 +114,47 @@ def test_server_killed_between_requests_then_back(
     assert d.show() == {}
     d.post("set", {"a": 2})
     assert d.show() == {"a": "2"}
+
+
+SERVERS = {"redis": "redis_server", "memcache": "memcached_server", "mongodb": "mongo_server",
+           "firestore": "firestore_emulator"}
+
+
+@pytest.mark.parametrize("kind", list(SERVERS))
+def test_each_server_killed_then_back(
+    make_driver: Any, request: pytest.FixtureRequest, tmp_path: Any, kind: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from app_fixtures import store_config
+
+    server = request.getfixturevalue(SERVERS[kind])
+    store = store_config(request, kind, tmp_path)
+    d = make_driver({"SESSION_CONFIG": [
+        {"cookie_name": "srv", **store, "session_fields": ["user_id"], "timeout": 2},
+        {"cookie_name": "deg", **store, "session_fields": ["cart"], "timeout": 2,
+         "on_error": "degrade"},
+        {"cookie_name": "c", "session_fields": "auto"},
+    ]})
+    answer_503(d)
+    d.post("set", {"user_id": 1, "cart": [1], "theme": "dark"})
+    with server.down(kill=True):
+        # Raise mode: a clear 503 from the handler; degrade mode alone keeps the app up.
+        reply = d.get()
+        assert reply.status == 503
+        assert reply.body.startswith(b"srv down")
+        d.delete_cookie("srv")
+        with caplog.at_level(logging.WARNING, logger="asyncsessions"):
+            reply = d.post("set", {"theme": "light", "cart": [2]})
+        assert reply.status == 200
+        assert reply.json == {"theme": "'light'", "cart": "[2]"}
+        assert "'deg' degraded" in caplog.text
+    # Back up (its data is gone: these servers keep nothing on disk in tests): the app
+    # recovers on its own, with fresh ids, never adopting the old ones.
+    deadline = time.monotonic() + 30
+    while True:
+        reply = d.post("set", {"user_id": 2, "cart": [3]})
+        if reply.status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert reply.status == 200
+    assert d.show() == {"user_id": "2", "cart": "[3]", "theme": "'light'"}
