@@ -35,12 +35,14 @@ STORE_OPTIONS: dict[str, Callable[[dict[str, str]], dict[str, Any]]] = {
     "filesystem": lambda u: {"directory": u["fs_dir"]},
     "redis": lambda u: {"url": u["redis_url"]},
     "mongodb": lambda u: {"url": u["mongo_url"]},
-    "memcache": lambda u: {"host": "127.0.0.1", "port": 11211},
+    "memcache": lambda u: {"host": u["memcache_host"], "port": int(u["memcache_port"])},
     "firestore": lambda u: {"project": "demo"},
 }
 DEFAULT_URLS = {
     "redis_url": "redis://127.0.0.1:6379/0",
     "mongo_url": "mongodb://127.0.0.1:27017",
+    "memcache_host": "127.0.0.1",
+    "memcache_port": "11211",
     "fs_dir": os.path.join(tempfile.gettempdir(), "asyncsessions-demo"),
 }
 # Fields given to the stores between the first (csrf_token) and the last ('auto').
@@ -228,8 +230,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--redis-url", default=DEFAULT_URLS["redis_url"])
     parser.add_argument("--mongo-url", default=DEFAULT_URLS["mongo_url"])
+    parser.add_argument("--memcache-port", default=DEFAULT_URLS["memcache_port"])
     args = parser.parse_args()
-    app = create_app(args.stores, redis_url=args.redis_url, mongo_url=args.mongo_url)
+    app = create_app(args.stores, redis_url=args.redis_url, mongo_url=args.mongo_url,
+                     memcache_port=args.memcache_port)
     app.run(host=args.host, port=args.port)
 
 

@@ -27,3 +27,26 @@ def test_demo_routes_fields_to_their_stores(tmp_path: Any) -> None:
     page = client.get("/").get_data(as_text=True)
     assert "user_id" in page
     assert list(tmp_path.iterdir())  # user_id went to the filesystem store
+
+
+def test_demo_with_every_store_type(
+    tmp_path: Any, redis_server: Any, mongo_server: Any, memcached_server: Any,
+    firestore_emulator: Any, monkeypatch: Any,
+) -> None:
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", firestore_emulator.host_port)
+    app = create_app(
+        "secure_cookie,redis,mongodb,memcache,firestore,filesystem",
+        redis_url=redis_server.url, mongo_url=mongo_server.url,
+        memcache_port=str(memcached_server.port), fs_dir=str(tmp_path),
+    )
+    client = app.test_client()
+    assert client.get("/").status_code == 200
+    with client.session_transaction() as sess:
+        token = sess["csrf_token"]
+    for key in ("user_id", "cart", "prefs", "user_data", "note"):
+        reply = client.post("/set", data={"csrf_token": token, "key": key, "value": "[1]"})
+        assert reply.status_code == 303
+    page = client.get("/").get_data(as_text=True)
+    for kind in ("redis", "mongodb", "memcache", "firestore", "filesystem"):
+        assert kind in page
+    assert page.count("ms") >= 5  # a load time per server-side store
