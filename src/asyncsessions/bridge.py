@@ -29,7 +29,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from .backends.base import close_loop_clients
+from .backends.base import CLOSE_TIMEOUT, close_loop_clients
 
 __all__ = ["Bridge", "get_bridge"]
 
@@ -67,6 +67,13 @@ class _LoopThread:
 
 async def _shutdown_loop() -> None:
     await close_loop_clients()
+    # A driver whose close gave up (its server already gone) may leave background tasks;
+    # end them as asyncio.run() would, so closing the loop destroys no pending task.
+    leftovers = asyncio.all_tasks() - {asyncio.current_task()}
+    for task in leftovers:
+        task.cancel()
+    if leftovers:
+        await asyncio.wait(leftovers, timeout=CLOSE_TIMEOUT)
     await asyncio.get_running_loop().shutdown_asyncgens()
 
 
