@@ -241,3 +241,28 @@ def test_backend_error_names_store(make_driver: Any, store_entry: Any) -> None:
     assert (reply.status, reply.body) == (503, b"down: sid")
     # A view that never touches the session is not affected.
     assert d.get("/none").status == 200
+
+
+def test_permanence_change_reaches_the_cookie(make_driver: Any, store_entry: Any) -> None:
+    d = make_driver({
+        "SESSION_REFRESH_EACH_REQUEST": False,
+        "SESSION_CONFIG": [entry(store_entry)],
+    })
+    d.post("set", {"a": 1})
+    morsel = d.post("permanent").cookie("sid")
+    assert morsel is not None
+    assert morsel["sid"]["expires"]
+    morsel = d.post("permanent", {"value": False}).cookie("sid")
+    assert morsel is not None
+    assert not morsel["sid"]["expires"]
+    assert d.show() == {"a": "1"}
+
+
+def test_partitioned_cookie_is_deleted_as_partitioned(make_driver: Any, store_entry: Any) -> None:
+    d = make_driver({"SESSION_CONFIG": [entry(
+        store_entry, cookie_partitioned=True, cookie_secure=True, cookie_samesite="None")]})
+    assert "Partitioned" in d.post("set", {"a": 1}).set_cookies[0]
+    cleared = d.post("clear").set_cookies
+    assert cleared
+    assert cleared[0].startswith("sid=;")
+    assert "Partitioned" in cleared[0]

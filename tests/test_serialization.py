@@ -105,3 +105,10 @@ json_values = st.recursive(
 def test_property_round_trip(value: Any) -> None:
     assert dumps(loads(dumps(value))) == dumps(value)
     assert loads(dumps(value)) == value
+
+
+def test_lone_surrogates_are_a_clear_error() -> None:
+    with pytest.raises(SerializationError, match="not valid Unicode"):
+        dumps("\ud800")
+    with pytest.raises(SerializationError, match="not valid Unicode"):
+        join_fields({"\ud800": dumps(1)})

@@ -208,3 +208,48 @@ def test_quart_loop_change_reuses_no_dead_connection(redis_server: Any) -> None:
             await close_loop_clients()
 
     assert [asyncio.run(hit()) for _ in range(3)] == [b"1", b"2", b"3"]
+
+
+def test_thousands_of_fields_fit_one_redis_write(make_driver: Any, redis_server: Any) -> None:
+    d = make_driver({"SESSION_CONFIG": [{"cookie_name": "sid", "session_type": "redis",
+                                         "url": redis_server.url, "key_prefix": "many:"}]})
+    many = {f"f{i}": i for i in range(5000)}
+    assert d.post("set", many).status == 200
+    assert len(d.show()) == 5000
+    assert d.post("del", {f"f{i}": 1 for i in range(4000)}).status == 200
+    assert len(d.show()) == 1000
+
+
+def test_websocket_regenerate_keeps_the_session(redis_server: Any) -> None:
+    import quart
+
+    app = quart.Quart(__name__)
+    app.secret_key = "k"
+    app.config["SESSION_CONFIG"] = [{"cookie_name": "sid", "session_type": "redis",
+                                     "url": redis_server.url, "key_prefix": "wsr:"}]
+    Session(app)
+
+    @app.post("/set")
+    async def put() -> str:
+        quart.session["user"] = "bob"
+        return "ok"
+
+    @app.get("/get")
+    async def get() -> str:
+        return str(quart.session.get("user"))
+
+    @app.websocket("/ws")
+    async def ws() -> None:
+        quart.session.regenerate()  # no response to carry new ids: ignored, with a warning
+        quart.session["x"] = 1
+        await quart.websocket.send("done")
+
+    async def scenario() -> bytes:
+        async with app.test_app() as test_app:
+            client = test_app.test_client()
+            await client.post("/set")
+            async with client.websocket("/ws") as socket:
+                await socket.receive()
+            return await (await client.get("/get")).get_data()
+
+    assert asyncio.run(scenario()) == b"bob"

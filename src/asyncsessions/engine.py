@@ -24,7 +24,7 @@ from .backends.base import ClientSideBackend, Record
 from .config import StoreConfig
 from .errors import SessionBackendError, SessionCookieTooLarge
 from .ids import IdCodec, new_id
-from .serialization import dumps, loads
+from .serialization import SerializationError, dumps, loads
 from .session import MultiStoreSession, StoreState, UnavailableSession
 
 __all__ = ["Engine", "Op", "SavePlan"]
@@ -180,7 +180,9 @@ class Engine:
         reusable = session.reusable
         for key, value in dict.items(session):
             if not isinstance(key, str) or key.startswith("\0"):
-                raise TypeError(f"session keys must be str not starting with NUL: {key!r}")
+                raise SerializationError(
+                    f"session keys must be str not starting with NUL, not {key!r}"
+                )
             # The very object that was loaded, and immutable: it serializes to what was loaded.
             known = reusable.get(key)
             raw = known[1] if known is not None and known[0] is value else dumps(value)
@@ -193,12 +195,21 @@ class Engine:
 
         permanent = session.permanent
         regenerate = session.regenerated
+        if regenerate and not can_set_cookies:
+            # Without a response the new ids could not reach the browser: deleting the old
+            # records would destroy the session.
+            logger.warning("session.regenerate() ignored: a websocket cannot set cookies")
+            regenerate = False
         codecs = self._id_codecs(secret_keys)
         ops: list[Op] = []
         cookies: list[_Cookie] = []
         rows = zip(self.stores, session.states, per_store, codecs, strict=True)
         for store, state, fields, codec in rows:
             if state.failed:
+                if regenerate:
+                    logger.warning(
+                        "session store %r failed to load: its id was not regenerated", store.name
+                    )
                 continue
             backend = store.backend
             if isinstance(backend, ClientSideBackend):
@@ -227,13 +238,18 @@ class Engine:
             assert sid is not None
             changed = {k: v for k, v in fields.items() if state.loaded.get(k) != v}
             removed = [k for k in state.loaded if k not in fields]
-            if changed or removed or fresh or permanent != state.loaded_permanent:
+            flag_changed = permanent != state.loaded_permanent
+            write = bool(changed or removed or fresh or flag_changed)
+            if write:
                 ops.append(Op(
                     store, state, "store", store.key_prefix + sid, changed, removed,
                     permanent, store.permanent_lifetime if permanent else store.lifetime,
                 ))
             value = codec.encode(sid)
-            if value != state.cookie or (permanent and self.refresh):
+            # Flask's rule, per store: a new or re-signed id, a change of permanence (the
+            # cookie gains or loses its expiry), or a permanent session that was written or
+            # slides on every request.
+            if value != state.cookie or flag_changed or (permanent and (write or self.refresh)):
                 cookies.append(_Cookie(store, value, permanent))
         return SavePlan(ops, cookies if can_set_cookies else [], session.accessed)
 
@@ -278,11 +294,13 @@ class Engine:
         for cookie in plan.cookies:
             store = cookie.store
             settings = store.cookie
+            partitioned = {"partitioned": True} if settings.partitioned else {}
             if cookie.value is None:
+                # A partitioned cookie is only removed by a header that says Partitioned too.
                 response.delete_cookie(
                     settings.name, domain=settings.domain, path=settings.path,
                     secure=settings.secure, httponly=settings.httponly,
-                    samesite=settings.samesite,
+                    samesite=settings.samesite, **partitioned,
                 )
                 continue
             if store.backend.client_side is False and any(
@@ -295,8 +313,7 @@ class Engine:
             response.set_cookie(
                 settings.name, cookie.value, max_age=settings.max_age, expires=expires,
                 domain=settings.domain, path=settings.path, secure=settings.secure,
-                httponly=settings.httponly, samesite=settings.samesite,
-                **({"partitioned": True} if settings.partitioned else {}),
+                httponly=settings.httponly, samesite=settings.samesite, **partitioned,
             )
         if plan.vary:
             response.vary.add("Cookie")

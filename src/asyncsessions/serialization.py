@@ -167,7 +167,10 @@ _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_cir
 
 def dumps(value: Any) -> bytes:
     """Serialize one session value to UTF-8 JSON text."""
-    return _encoder.encode(_tag(value)).encode("utf-8")
+    try:
+        return _encoder.encode(_tag(value)).encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate has no UTF-8 form
+        raise SerializationError(f"cannot store text that is not valid Unicode: {exc}") from exc
 
 
 def loads(data: bytes | str) -> Any:
@@ -180,7 +183,7 @@ def loads(data: bytes | str) -> Any:
 
 def join_fields(fields: Mapping[str, bytes]) -> bytes:
     """One JSON object holding already serialized fields, without re-encoding them."""
-    parts = (_encoder.encode(k).encode("utf-8") + b":" + v for k, v in fields.items())
+    parts = (dumps(k) + b":" + v for k, v in fields.items())
     return b"{" + b",".join(parts) + b"}"
 
 

@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
+import anyio.to_thread
+
 __all__ = [
     "Backend",
     "ClientBackend",
@@ -16,9 +18,11 @@ __all__ = [
     "LoopClients",
     "Record",
     "close_loop_clients",
+    "run_blocking",
 ]
 
 C = TypeVar("C")
+T = TypeVar("T")
 
 #: Seconds a client may take to close before it is abandoned.
 CLOSE_TIMEOUT = 2.0
@@ -153,6 +157,19 @@ class ClientBackend(Backend, Generic[C]):
             result = close()
             if isinstance(result, Awaitable):
                 await result
+
+
+async def run_blocking(func: Callable[..., T], *args: Any) -> T:
+    """Run blocking ``func(*args)`` in a worker thread without blocking the event loop.
+
+    On asyncio this is the loop's default executor (bounded and shared by the Flask bridge's
+    loops); anyio's worker threads end with each bridge call's root task, so they would be
+    started anew on every request.
+    """
+    loop = asyncio._get_running_loop()
+    if loop is not None:
+        return await loop.run_in_executor(None, func, *args)
+    return await anyio.to_thread.run_sync(func, *args)
 
 
 class ClientSideBackend(Backend):

@@ -15,9 +15,7 @@ from contextlib import suppress
 from hashlib import sha256
 from typing import IO, NamedTuple
 
-import anyio.to_thread
-
-from .base import Backend, Record
+from .base import Backend, Record, run_blocking
 
 __all__ = ["FilesystemBackend"]
 
@@ -77,7 +75,7 @@ class FilesystemBackend(Backend):
             )
 
     async def load(self, key: str, *, touch: bool) -> Record | None:
-        return await anyio.to_thread.run_sync(_load, self._path(key), touch)
+        return await run_blocking(_load, self._path(key), touch)
 
     async def store(
         self,
@@ -90,12 +88,12 @@ class FilesystemBackend(Backend):
     ) -> None:
         updates = dict(changed)  # a snapshot: the caller's loop goes on while the thread runs
         path = self._path(key)
-        await anyio.to_thread.run_sync(self._store, path, updates, tuple(removed), permanent, ttl)
+        await run_blocking(self._store, path, updates, tuple(removed), permanent, ttl)
         if self.cleanup_every and next(self._stores) % self.cleanup_every == 0:
             self._start_cleanup(os.path.dirname(path))
 
     async def delete(self, key: str) -> None:
-        await anyio.to_thread.run_sync(_delete, self._path(key))
+        await run_blocking(_delete, self._path(key))
 
     def _path(self, key: str) -> str:
         if self.directory is None:

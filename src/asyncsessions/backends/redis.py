@@ -55,9 +55,14 @@ return data
 # Field-level write: set what changed, drop what was removed, restart the expiry. A script
 # is atomic and single-key, so it behaves the same on a Redis Cluster.
 _STORE = b"""
-local n = tonumber(ARGV[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 3, 2 + 2 * n))
-if #ARGV > 2 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, 3 + 2 * n)) end
+local last = 2 + 2 * tonumber(ARGV[1])
+-- In chunks: unpack() of thousands of arguments overflows Lua's stack.
+for i = 3, last, 1000 do
+  redis.call('HSET', KEYS[1], unpack(ARGV, i, math.min(i + 999, last)))
+end
+for i = last + 1, #ARGV, 1000 do
+  redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
