@@ -8,6 +8,7 @@ from typing import Any
 
 import flask
 import pytest
+import quart
 import redis
 import redis.asyncio
 
@@ -29,6 +30,16 @@ def cookie_app(**config: Any) -> flask.Flask:
     def get(key: str) -> str:
         return str(flask.session.get(key))
 
+    return app
+
+
+def quart_redis_app(url: str, prefix: str) -> Any:
+    """A Quart app whose whole session lives in one redis store."""
+    app = quart.Quart(__name__)
+    app.secret_key = "k"
+    app.config["SESSION_CONFIG"] = [{"cookie_name": "sid", "session_type": "redis",
+                                     "url": url, "key_prefix": prefix}]
+    Session(app)
     return app
 
 
@@ -158,13 +169,7 @@ def test_client_instances(make_driver: Any, request: pytest.FixtureRequest, kind
 
 
 def test_quart_serving_lifecycle_and_websocket(redis_server: Any) -> None:
-    import quart
-
-    app = quart.Quart(__name__)
-    app.secret_key = "k"
-    app.config["SESSION_CONFIG"] = [{"cookie_name": "sid", "session_type": "redis",
-                                     "url": redis_server.url, "key_prefix": "q:"}]
-    Session(app)
+    app = quart_redis_app(redis_server.url, "q:")
 
     @app.post("/set")
     async def put() -> str:
@@ -186,13 +191,7 @@ def test_quart_serving_lifecycle_and_websocket(redis_server: Any) -> None:
 
 
 def test_quart_loop_change_reuses_no_dead_connection(redis_server: Any) -> None:
-    import quart
-
-    app = quart.Quart(__name__)
-    app.secret_key = "k"
-    app.config["SESSION_CONFIG"] = [{"cookie_name": "sid", "session_type": "redis",
-                                     "url": redis_server.url, "key_prefix": "ql:"}]
-    Session(app)
+    app = quart_redis_app(redis_server.url, "ql:")
 
     @app.route("/count")
     async def count() -> str:
@@ -221,13 +220,7 @@ def test_thousands_of_fields_fit_one_redis_write(make_driver: Any, redis_server:
 
 
 def test_websocket_regenerate_keeps_the_session(redis_server: Any) -> None:
-    import quart
-
-    app = quart.Quart(__name__)
-    app.secret_key = "k"
-    app.config["SESSION_CONFIG"] = [{"cookie_name": "sid", "session_type": "redis",
-                                     "url": redis_server.url, "key_prefix": "wsr:"}]
-    Session(app)
+    app = quart_redis_app(redis_server.url, "wsr:")
 
     @app.post("/set")
     async def put() -> str:

@@ -68,7 +68,7 @@ class _LoopThread:
 async def _shutdown_loop() -> None:
     await close_loop_clients()
     # A driver whose close gave up (its server already gone) may leave background tasks;
-    # end them as asyncio.run() would, so closing the loop destroys no pending task.
+    # cancel them as asyncio's own runner does, so closing the loop destroys no pending task.
     leftovers = asyncio.all_tasks() - {asyncio.current_task()}
     for task in leftovers:
         task.cancel()
