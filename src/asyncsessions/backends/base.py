@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -20,6 +21,8 @@ __all__ = [
     "close_loop_clients",
     "run_blocking",
 ]
+
+logger = logging.getLogger("asyncsessions")
 
 C = TypeVar("C")
 T = TypeVar("T")
@@ -50,8 +53,27 @@ class Backend(ABC):
     #: Longest key the store accepts, in bytes (``None``: no limit worth checking).
     max_key_length: ClassVar[int | None] = None
 
-    def bind(self, *, name: str, instance_path: str) -> None:  # noqa: B027 - optional hook
-        """Called once at ``init_app`` with the store's cookie name and the app's paths."""
+    #: The store's cookie name, set by :meth:`bind` (used in log lines and errors).
+    name: str = ""
+
+    def bind(self, *, name: str, instance_path: str) -> None:
+        """Called once at ``init_app`` with the store's cookie name and the app's paths.
+
+        Overrides must call ``super().bind(...)``.
+        """
+        self.name = name
+
+    def unreadable(self, key: str, reason: str) -> None:
+        """Log a record this library cannot read; ``load`` then returns ``None`` for it.
+
+        Records another library left (a Redis string where a hash belongs, a document of
+        another shape) or that were damaged read as no session, never as an error; the next
+        write replaces them.
+        """
+        logger.warning(
+            "session store %r: unreadable record %r read as no session (%s)",
+            self.name, key, reason,
+        )
 
     def check_key_prefix(self, prefix: str) -> None:
         """Raise ``ValueError`` at ``init_app`` if ``prefix + id`` is no valid key here."""

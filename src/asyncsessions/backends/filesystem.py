@@ -68,6 +68,7 @@ class FilesystemBackend(Backend):
         self._cleaner: threading.Thread | None = None
 
     def bind(self, *, name: str, instance_path: str) -> None:
+        super().bind(name=name, instance_path=instance_path)
         if self.directory is None:
             # One folder per store, so two file stores never read each other's records.
             self.directory = os.path.join(

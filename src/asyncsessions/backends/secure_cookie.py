@@ -38,6 +38,7 @@ class SecureCookieBackend(ClientSideBackend):
         self._cache: tuple[tuple[str | bytes, ...], URLSafeTimedSerializer] | None = None
 
     def bind(self, *, name: str, instance_path: str) -> None:
+        super().bind(name=name, instance_path=instance_path)
         self._salt = f"asyncsessions.cookie.{name}"
 
     def _serializer(self, secret_keys: Sequence[str | bytes]) -> URLSafeTimedSerializer:
