@@ -107,9 +107,10 @@ def measure_bridge(iterations: int, rounds: int) -> BridgeResult:
         with app.test_request_context("/", headers={"Cookie": cookie}):
             from flask import request
 
-            states, load_ops = engine.plan_open(request.cookies, (app.secret_key,))
+            opening = engine.plan_open(request.cookies, (app.secret_key,))
+            load_ops = opening.ops
             ours.bridge.run(partial(engine.run, load_ops))
-            session = engine.finish_open(states, load_ops)
+            session = engine.finish_open(opening)
             session["n"] = 1
             store_ops = engine.plan_save(session, (app.secret_key,)).ops
             if not (load_ops and store_ops):

@@ -55,7 +55,7 @@ def test_no_secret_key_is_a_clear_error_at_first_write() -> None:
     app.testing = True
     client = app.test_client()
     assert client.get("/get/x").data == b"None"  # reading needs no key
-    with pytest.raises(RuntimeError, match="set SECRET_KEY"):
+    with pytest.raises(RuntimeError, match="no secret key was set"):
         client.post("/set/x", data="1")
 
 

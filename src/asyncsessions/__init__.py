@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from .backends.base import Backend, ClientSideBackend, Record
-from .errors import SessionBackendError, SessionCookieTooLarge
+from .errors import SessionBackendError, SessionConfigWarning, SessionCookieTooLarge
 from .extension import Session
 from .serialization import SerializationError
-from .session import MultiStoreSession
+from .session import MultiStoreSession, NullSession
 
 __all__ = [
     "Backend",
     "ClientSideBackend",
     "MultiStoreSession",
+    "NullSession",
     "Record",
     "SerializationError",
     "Session",
     "SessionBackendError",
+    "SessionConfigWarning",
     "SessionCookieTooLarge",
 ]
 __version__ = "0.1.0.dev0"

@@ -6,12 +6,16 @@ import difflib
 import importlib
 import inspect
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
+from werkzeug.sansio.response import Response
+
 from .backends.base import Backend
+from .errors import SessionConfigWarning
 
 __all__ = ["BACKENDS", "CookieSettings", "FieldSelector", "StoreConfig", "parse_config"]
 
@@ -158,7 +162,32 @@ def _parse_entry(index: int, entry: Any, app: Mapping[str, Any]) -> StoreConfig:
     if not 0 < timeout < math.inf:
         raise _EntryError(index, "timeout", "expected a positive number of seconds")
     key_prefix = get("key_prefix", str, "session:")
-    max_age = get("cookie_max_age", (int, timedelta, type(None)), None)
+    max_age_setting = get("cookie_max_age", (int, timedelta, type(None)), None)
+    partitioned = get("cookie_partitioned", bool, app.get("SESSION_COOKIE_PARTITIONED", False))
+    if partitioned and "partitioned" not in inspect.signature(Response.set_cookie).parameters:
+        raise _EntryError(index, "cookie_partitioned", "needs Werkzeug >= 3.0")
+    lifetime = _seconds(
+        index, "session_lifetime",
+        get("session_lifetime", (int, float, timedelta), timedelta(days=1)),
+    )
+    permanent_lifetime = _seconds(
+        index, "session_permanent_lifetime",
+        get("session_permanent_lifetime", (int, float, timedelta), permanent_default),
+    )
+    max_age: int | None = None
+    if max_age_setting is not None:
+        # A store's data lives as long as its cookie: a cookie that outlives its data logs
+        # the user out early, data that outlives its cookie is unreachable.
+        max_age = _seconds(index, "cookie_max_age", max_age_setting)
+        for key, seconds in (("session_lifetime", lifetime),
+                             ("session_permanent_lifetime", permanent_lifetime)):
+            if key in entry and seconds != max_age:
+                warnings.warn(
+                    f"SESSION_CONFIG[{index}] {key!r} ({seconds} s) is not used: "
+                    f"'cookie_max_age' ({max_age} s) sets how long the cookie and its data live",
+                    SessionConfigWarning, stacklevel=4,
+                )
+        lifetime = permanent_lifetime = max_age
     return StoreConfig(
         index=index,
         backend=backend,
@@ -173,19 +202,11 @@ def _parse_entry(index: int, entry: Any, app: Mapping[str, Any]) -> StoreConfig:
             httponly=get("cookie_httponly", bool, app.get("SESSION_COOKIE_HTTPONLY", True)),
             secure=get("cookie_secure", bool, app.get("SESSION_COOKIE_SECURE", False)),
             samesite=samesite.capitalize() if samesite else None,
-            partitioned=get(
-                "cookie_partitioned", bool, app.get("SESSION_COOKIE_PARTITIONED", False)
-            ),
-            max_age=None if max_age is None else _seconds(index, "cookie_max_age", max_age),
+            partitioned=partitioned,
+            max_age=max_age,
         ),
-        lifetime=_seconds(
-            index, "session_lifetime",
-            get("session_lifetime", (int, float, timedelta), timedelta(days=1)),
-        ),
-        permanent_lifetime=_seconds(
-            index, "session_permanent_lifetime",
-            get("session_permanent_lifetime", (int, float, timedelta), permanent_default),
-        ),
+        lifetime=lifetime,
+        permanent_lifetime=permanent_lifetime,
         key_prefix=key_prefix,
         use_signer=get("use_signer", bool, False),
         on_error=on_error,

@@ -25,9 +25,9 @@ from .config import StoreConfig
 from .errors import SessionBackendError, SessionCookieTooLarge
 from .ids import IdCodec, new_id
 from .serialization import SerializationError, dumps, loads
-from .session import MultiStoreSession, StoreState, UnavailableSession
+from .session import MultiStoreSession, NullSession, StoreState, UnavailableSession
 
-__all__ = ["Engine", "Op", "SavePlan"]
+__all__ = ["Engine", "Op", "OpenPlan", "SavePlan"]
 
 logger = logging.getLogger("asyncsessions")
 
@@ -62,6 +62,16 @@ class _Cookie:
 
 
 @dataclass(slots=True)
+class OpenPlan:
+    """What opening a session has to do: the loads, and the per-store state they fill."""
+
+    states: list[StoreState]
+    ops: list[Op]
+    #: A store needs ``SECRET_KEY`` and the app has none: the session is a ``NullSession``.
+    null: bool = False
+
+
+@dataclass(slots=True)
 class SavePlan:
     """What a save has to do: store I/O first, then cookies."""
 
@@ -77,6 +87,10 @@ class Engine:
         self.stores = stores
         self.refresh = refresh_each_request
         self.has_server_side = any(not s.backend.client_side for s in stores)
+        #: Stores that sign with the app's key: without one the session is a NullSession.
+        self.needs_secret_key = any(
+            isinstance(s.backend, ClientSideBackend) or s.use_signer for s in stores
+        )
         self._included = frozenset().union(
             *(s.fields.names for s in stores if s.fields.mode == "include")
         )
@@ -88,8 +102,10 @@ class Engine:
 
     def plan_open(
         self, cookies: Mapping[str, str], secret_keys: tuple[str | bytes, ...]
-    ) -> tuple[list[StoreState], list[Op]]:
+    ) -> OpenPlan:
         """Decode the cookies; the loads the server-side stores need."""
+        if self.needs_secret_key and not secret_keys:
+            return OpenPlan([], [], null=True)
         states: list[StoreState] = []
         ops: list[Op] = []
         codecs = self._id_codecs(secret_keys)
@@ -100,14 +116,13 @@ class Engine:
                 continue
             backend = store.backend
             if isinstance(backend, ClientSideBackend):
-                if secret_keys:
-                    self._decode_cookie(store, backend, state, secret_keys)
+                self._decode_cookie(store, backend, state, secret_keys)
                 continue
             sid = codec.decode(state.cookie)
             if sid is not None:
                 state.sid = sid
                 ops.append(Op(store, state, "load", store.key_prefix + sid))
-        return states, ops
+        return OpenPlan(states, ops)
 
     def _decode_cookie(self, store: StoreConfig, backend: ClientSideBackend,
                        state: StoreState, secret_keys: tuple[str | bytes, ...]) -> None:
@@ -124,8 +139,11 @@ class Engine:
             state.loaded_permanent = record.permanent
             state.issued_at = issued_at
 
-    def finish_open(self, states: list[StoreState], ops: list[Op]) -> MultiStoreSession:
+    def finish_open(self, plan: OpenPlan) -> MultiStoreSession:
         """Merge what was loaded, in config order: the first store holding a field wins."""
+        if plan.null:
+            return NullSession()
+        states, ops = plan.states, plan.ops
         try:
             self._raise_or_degrade(ops)
         except SessionBackendError as exc:
@@ -176,13 +194,11 @@ class Engine:
         """Diff every store against what it loaded; the writes, deletes and cookies needed."""
         if isinstance(session, UnavailableSession):
             return SavePlan([], [], vary=True)  # a failed load never leads to a write
+        if isinstance(session, NullSession):
+            return SavePlan([], [], vary=False)
         per_store: list[dict[str, bytes]] = [{} for _ in self.stores]
         reusable = session.reusable
         for key, value in dict.items(session):
-            if not isinstance(key, str) or key.startswith("\0"):
-                raise SerializationError(
-                    f"session keys must be str not starting with NUL, not {key!r}"
-                )
             # The very object that was loaded, and immutable: it serializes to what was loaded.
             known = reusable.get(key)
             raw = known[1] if known is not None and known[0] is value else dumps(value)
@@ -193,7 +209,8 @@ class Engine:
                 self._unrouted_warned.add(key)
                 logger.warning("session field %r belongs to no store and is not saved", key)
 
-        permanent = session.permanent
+        permanent = session._permanent
+        force = session.forced
         regenerate = session.regenerated
         if regenerate and not can_set_cookies:
             # Without a response the new ids could not reach the browser: deleting the old
@@ -214,11 +231,15 @@ class Engine:
             backend = store.backend
             if isinstance(backend, ClientSideBackend):
                 cookie = self._save_client_side(
-                    store, backend, state, fields, permanent, secret_keys
+                    store, backend, state, fields, permanent, secret_keys, session
                 )
                 if cookie is not None:
                     cookies.append(cookie)
                 continue
+            # Only a cookie whose session this request read, or an explicit clear(), is
+            # removed: a cookie this server cannot read (a key it lacks during a rolling
+            # deploy, an expired record) is left for the servers that can.
+            clear_cookie = state.cookie is not None and (bool(state.loaded) or session.cleared)
             if regenerate and state.sid is not None:
                 ops.append(Op(store, state, "delete", store.key_prefix + state.sid))
                 state.sid = None
@@ -226,7 +247,7 @@ class Engine:
             if not fields:
                 if state.sid is not None and state.loaded:
                     ops.append(Op(store, state, "delete", store.key_prefix + state.sid))
-                if state.cookie is not None:
+                if clear_cookie:
                     cookies.append(_Cookie(store, None, permanent))
                 continue
             fresh = state.sid is None
@@ -236,7 +257,10 @@ class Engine:
                 state.sid = new_id()
             sid = state.sid
             assert sid is not None
-            changed = {k: v for k, v in fields.items() if state.loaded.get(k) != v}
+            if force:
+                changed = fields
+            else:
+                changed = {k: v for k, v in fields.items() if state.loaded.get(k) != v}
             removed = [k for k in state.loaded if k not in fields]
             flag_changed = permanent != state.loaded_permanent
             write = bool(changed or removed or fresh or flag_changed)
@@ -249,9 +273,13 @@ class Engine:
             # Flask's rule, per store: a new or re-signed id, a change of permanence (the
             # cookie gains or loses its expiry), or a permanent session that was written or
             # slides on every request.
-            if value != state.cookie or flag_changed or (permanent and (write or self.refresh)):
+            if (value != state.cookie or flag_changed or force
+                    or (permanent and (write or self.refresh))):
                 cookies.append(_Cookie(store, value, permanent))
-        return SavePlan(ops, cookies if can_set_cookies else [], session.accessed)
+        if not can_set_cookies:
+            cookies = []
+        # Flask's rule: a response that read the session or carries its cookie varies by it.
+        return SavePlan(ops, cookies, vary=session.accessed or bool(cookies))
 
     def _save_client_side(
         self,
@@ -261,21 +289,21 @@ class Engine:
         fields: dict[str, bytes],
         permanent: bool,
         secret_keys: tuple[str | bytes, ...],
+        session: MultiStoreSession,
     ) -> _Cookie | None:
         if not fields:
-            return _Cookie(store, None, permanent) if state.cookie is not None else None
+            # As for server-side stores: a cookie this server cannot read is left alone.
+            if state.cookie is not None and (state.loaded or session.cleared):
+                return _Cookie(store, None, permanent)
+            return None
         stale = (
             self.refresh
             and state.issued_at is not None
             and (permanent or time.time() - state.issued_at > store.lifetime / 2)
         )
-        if fields == state.loaded and permanent == state.loaded_permanent and not stale:
+        unchanged = fields == state.loaded and permanent == state.loaded_permanent
+        if unchanged and not stale and not session.forced:
             return None
-        if not secret_keys:
-            raise RuntimeError(
-                f"session cookie {store.name!r} is signed with the app's secret key: "
-                "set SECRET_KEY (app.secret_key) before using the session"
-            )
         value = backend.encode(fields, permanent=permanent, secret_keys=secret_keys)
         size = len(store.name) + len(value) + 2
         if size > COOKIE_LIMIT:
@@ -370,6 +398,7 @@ class Engine:
     def _owners(self, key: str) -> tuple[int, ...]:
         owners = self._routes.get(key)
         if owners is None:
+            _check_key(key)
             owners = tuple(
                 i for i, s in enumerate(self.stores) if s.fields.owns(key, self._included)
             )
@@ -394,6 +423,18 @@ class Engine:
             ))
         self._codec_cache = (secret_keys, codecs)
         return codecs
+
+
+def _check_key(key: Any) -> None:
+    """Refuse a session key that no store could keep the same way (checked once per key)."""
+    if not isinstance(key, str) or key.startswith("\0"):
+        raise SerializationError(f"session keys must be str not starting with NUL, not {key!r}")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise SerializationError(
+            f"cannot store a session key that is not valid Unicode: {key!r}"
+        ) from exc
 
 
 @contextlib.asynccontextmanager

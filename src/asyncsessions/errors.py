@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["SessionBackendError", "SessionCookieTooLarge"]
+__all__ = ["SessionBackendError", "SessionConfigWarning", "SessionCookieTooLarge"]
 
 
 class SessionBackendError(RuntimeError):
@@ -27,3 +27,7 @@ class SessionCookieTooLarge(ValueError):
         )
         self.store = store
         self.size = size
+
+
+class SessionConfigWarning(UserWarning):
+    """A session setting that has no effect or contradicts another, warned at ``init_app``."""

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 from itsdangerous import BadSignature, Signer
 
+from .signing import SIGNER_KWARGS, canonical
+
 __all__ = ["IdCodec", "new_id"]
 
 _ID_BYTES = 32
@@ -30,7 +32,10 @@ class IdCodec:
 
     def __init__(self, secret_keys: Sequence[str | bytes] | None, salt: str) -> None:
         # itsdangerous signs with the last key and accepts any: Flask's rotation order.
-        self._signer = Signer(list(secret_keys), salt=salt) if secret_keys else None  # type: ignore[arg-type]
+        self._signer = (
+            Signer(list(secret_keys), salt=salt, **SIGNER_KWARGS)  # type: ignore[arg-type]
+            if secret_keys else None
+        )
 
     def encode(self, sid: str) -> str:
         """The cookie value for ``sid``."""
@@ -41,6 +46,8 @@ class IdCodec:
     def decode(self, value: str) -> str | None:
         """The id in a cookie value, or ``None`` if it is malformed or badly signed."""
         if self._signer is not None:
+            if not canonical(value):
+                return None
             try:
                 value = self._signer.unsign(value).decode("ascii")
             except (BadSignature, UnicodeError):

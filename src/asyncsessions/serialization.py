@@ -18,7 +18,7 @@ from uuid import UUID
 
 from markupsafe import Markup
 
-__all__ = ["SerializationError", "dumps", "join_fields", "loads", "split_fields"]
+__all__ = ["MAX_DEPTH", "SerializationError", "dumps", "join_fields", "loads", "split_fields"]
 
 
 class SerializationError(TypeError):
@@ -74,7 +74,12 @@ def _time_in(raw: list[Any]) -> time:
     return time.fromisoformat(wall).replace(tzinfo=_tz_in(tz), fold=fold)
 
 
-def _tag(value: Any) -> Any:
+#: How deeply lists, dicts and tuples may nest in one value, at save and at load alike, so
+#: that whatever saves also loads (and a cyclic value fails clearly, not with RecursionError).
+MAX_DEPTH = 100
+
+
+def _tag(value: Any, depth: int = 0) -> Any:
     # Exact type checks first: they are the common case and bool must not pass as int.
     kind = type(value)
     if kind is str or kind is int or kind is bool or value is None:
@@ -83,21 +88,26 @@ def _tag(value: Any) -> Any:
         if value != value or value in (float("inf"), float("-inf")):
             return {" f": repr(value)}
         return value
-    if kind is dict:
+    if kind is dict or kind is list or kind is tuple:
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise SerializationError(
+                f"cannot store a value nested more than {MAX_DEPTH} levels deep"
+            )
+        if kind is list:
+            return [_tag(item, depth) for item in value]
+        if kind is tuple:
+            return {" t": [_tag(item, depth) for item in value]}
         if len(value) == 1:
             (key,) = value
             if isinstance(key, str) and key.startswith(" "):
-                return {" di": {key: _tag(value[key])}}
+                return {" di": {key: _tag(value[key], depth)}}
         out = {}
         for key, item in value.items():
             if not isinstance(key, str):
                 raise SerializationError(f"session dict keys must be str, not {type(key)!r}")
-            out[key] = _tag(item)
+            out[key] = _tag(item, depth)
         return out
-    if kind is list:
-        return [_tag(item) for item in value]
-    if kind is tuple:
-        return {" t": [_tag(item) for item in value]}
     if kind is bytes:
         return {" b": base64.b64encode(value).decode("ascii")}
     if kind is Markup or (hasattr(value, "__html__") and isinstance(value, str)):
@@ -113,7 +123,7 @@ def _tag(value: Any) -> Any:
     # Subclasses of the plain types (e.g. an IntEnum, an OrderedDict) store as their base.
     for base, convert in _BASES:
         if isinstance(value, base):
-            return _tag(convert(value))
+            return _tag(convert(value), depth)
     raise SerializationError(
         f"cannot store a value of type {kind.__qualname__!r} in the session; "
         "use str, int, float, bool, None, list, dict, tuple, bytes, datetime, date, time, "
@@ -136,30 +146,35 @@ _BASES: tuple[tuple[type, Callable[[Any], Any]], ...] = (
 )
 
 _UNTAG: dict[str, Callable[[Any], Any]] = {
-    " t": lambda v: tuple(_untag(i) for i in v),
-    " b": lambda v: base64.b64decode(v),
+    " b": lambda v: base64.b64decode(v, validate=True),
     " m": Markup,
     " d": _dt_in,
     " dd": date.fromisoformat,
     " tm": _time_in,
     " u": UUID,
     " f": float,
-    " di": lambda v: {k: _untag(i) for k, i in v.items()},
 }
 
 
-def _untag(value: Any) -> Any:
+def _untag(value: Any, depth: int = 0) -> Any:
     kind = type(value)
-    if kind is dict:
-        if len(value) == 1:
-            (key,) = value
-            convert = _UNTAG.get(key)
-            if convert is not None:
-                return convert(value[key])
-        return {key: _untag(item) for key, item in value.items()}
+    if kind is not dict and kind is not list:
+        return value
+    depth += 1
+    if depth > MAX_DEPTH:
+        raise ValueError(f"nested more than {MAX_DEPTH} levels deep")
     if kind is list:
-        return [_untag(item) for item in value]
-    return value
+        return [_untag(item, depth) for item in value]
+    if len(value) == 1:
+        (key,) = value
+        if key == " t":
+            return tuple(_untag(item, depth) for item in value[key])
+        if key == " di":
+            return {k: _untag(item, depth) for k, item in value[key].items()}
+        convert = _UNTAG.get(key)
+        if convert is not None:
+            return convert(value[key])
+    return {key: _untag(item, depth) for key, item in value.items()}
 
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=True)
@@ -177,7 +192,7 @@ def loads(data: bytes | str) -> Any:
     """The value :func:`dumps` serialized; ``ValueError`` if ``data`` is not such text."""
     try:
         return _untag(json.loads(data))
-    except (TypeError, KeyError, AttributeError, OverflowError) as exc:
+    except (TypeError, KeyError, AttributeError, OverflowError, RecursionError) as exc:
         raise ValueError(f"not a serialized session value: {exc}") from exc
 
 
@@ -189,7 +204,10 @@ def join_fields(fields: Mapping[str, bytes]) -> bytes:
 
 def split_fields(data: bytes | str) -> dict[str, bytes]:
     """The serialized fields of a :func:`join_fields` object; ``ValueError`` if it is not one."""
-    obj = json.loads(data)
+    try:
+        obj = json.loads(data)
+    except RecursionError as exc:
+        raise ValueError("not a serialized session: nested too deeply") from exc
     if type(obj) is not dict:
         raise ValueError("not a serialized session")
     # Re-encoding the parsed tagged values gives the very bytes dumps() would give.

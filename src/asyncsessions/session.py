@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from flask.sessions import SessionMixin
 from werkzeug.datastructures import CallbackDict
 
-__all__ = ["MultiStoreSession", "StoreState"]
+__all__ = ["MultiStoreSession", "NullSession", "StoreState", "UnavailableSession"]
 
 
 @dataclass(slots=True)
@@ -33,17 +34,22 @@ class MultiStoreSession(CallbackDict[str, Any], SessionMixin):
     """One dict over every configured store.
 
     Changes are found at save by comparing serialized fields, so nested mutation is saved
-    without ``session.modified = True``; ``modified`` and ``accessed`` keep Flask's meaning.
+    without ``session.modified = True``. ``accessed`` is set by every read, so the response
+    gets ``Vary: Cookie``; setting ``modified = True`` forces every store holding fields to
+    be written and its cookie re-sent, as Flask does.
     """
 
     def __init__(self, initial: dict[str, Any] | None, states: list[StoreState],
                  permanent: bool = False) -> None:
         def on_update(self: MultiStoreSession) -> None:
-            self.modified = True
+            self._changed = True
             self.accessed = True
 
         super().__init__(initial, on_update)
-        self.modified = False
+        self._changed = False
+        self.forced = False
+        self.cleared = False
+        self.saved = False
         self.accessed = False
         self.new = not any(state.loaded for state in states)
         self.states = states
@@ -52,17 +58,30 @@ class MultiStoreSession(CallbackDict[str, Any], SessionMixin):
         #: Loaded immutable values and their serialized form, reused at save if untouched.
         self.reusable: dict[str, tuple[Any, bytes]] = {}
 
+    # Flask's ``modified`` is both "a field changed" and the user's way to force a save; the
+    # two are kept apart because only the forced one must rewrite unchanged stores.
+    @property  # type: ignore[override]
+    def modified(self) -> bool:
+        return self._changed or self.forced
+
+    @modified.setter
+    def modified(self, value: bool) -> None:
+        self.forced = bool(value)
+        self._changed = self._changed and bool(value)
+
     # Flask keeps ``permanent`` as a hidden ``_permanent`` field; here it is the session's own
     # flag, stored beside the fields by every store, so it never needs routing.
     @property
     def permanent(self) -> bool:
+        self.accessed = True
         return self._permanent
 
     @permanent.setter
     def permanent(self, value: bool) -> None:
+        self.accessed = True
         if bool(value) != self._permanent:
             self._permanent = bool(value)
-            self.modified = True
+            self._changed = True
 
     def regenerate(self) -> None:
         """Give every server-side store a new id at save and delete the old records.
@@ -70,12 +89,14 @@ class MultiStoreSession(CallbackDict[str, Any], SessionMixin):
         Call it when the user logs in (or changes privilege) to defeat session fixation.
         """
         self._regenerate = True
-        self.modified = True
+        self._changed = self.accessed = True
 
     @property
     def regenerated(self) -> bool:
         return self._regenerate
 
+    # Every read marks the session accessed: a page that only asks ``"user" in session``
+    # depends on the cookie as much as one that reads the value (CVE-2023-30861's class).
     def __getitem__(self, key: str) -> Any:
         self.accessed = True
         return super().__getitem__(key)
@@ -88,8 +109,84 @@ class MultiStoreSession(CallbackDict[str, Any], SessionMixin):
         self.accessed = True
         return super().setdefault(key, default)
 
+    def pop(self, key: str, *default: Any) -> Any:
+        self.accessed = True
+        return super().pop(key, *default)
+
+    def clear(self) -> None:
+        self.cleared = self.accessed = True
+        super().clear()
+
+    def __contains__(self, key: object) -> bool:
+        self.accessed = True
+        return super().__contains__(key)
+
+    def __len__(self) -> int:
+        self.accessed = True
+        return super().__len__()
+
+    def __iter__(self) -> Iterator[str]:
+        self.accessed = True
+        return super().__iter__()
+
+    def __reversed__(self) -> Iterator[str]:
+        self.accessed = True
+        return super().__reversed__()
+
+    def keys(self) -> Any:
+        self.accessed = True
+        return super().keys()
+
+    def values(self) -> Any:
+        self.accessed = True
+        return super().values()
+
+    def items(self) -> Any:
+        self.accessed = True
+        return super().items()
+
+    def copy(self) -> dict[str, Any]:
+        self.accessed = True
+        return dict(super().items())
+
+    def __eq__(self, other: object) -> bool:
+        self.accessed = True
+        return super().__eq__(other)
+
+    def __ne__(self, other: object) -> bool:
+        self.accessed = True
+        return super().__ne__(other)
+
+    def __or__(self, other: Any) -> dict[str, Any]:
+        self.accessed = True
+        return dict(super().items()) | other
+
+    def __ror__(self, other: Any) -> dict[str, Any]:
+        self.accessed = True
+        return other | dict(super().items())
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {dict.__repr__(self)}>"
+
+
+class NullSession(MultiStoreSession):
+    """The session when a store needs ``SECRET_KEY`` and the app has none, as in Flask.
+
+    It reads as empty; the first change raises ``RuntimeError`` at that line of the view.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(None, [])
+
+    def _fail(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise RuntimeError(
+            "The session is unavailable because no secret key was set. Set the secret_key on "
+            "the application to something unique and secret."
+        )
+
+    __setitem__ = __delitem__ = clear = pop = popitem = update = setdefault = _fail
+    __ior__ = regenerate = _fail  # type: ignore[assignment]
+    permanent = property(MultiStoreSession.permanent.fget, _fail)  # type: ignore[assignment]
 
 
 class UnavailableSession(MultiStoreSession):
@@ -109,5 +206,6 @@ class UnavailableSession(MultiStoreSession):
 
     __getitem__ = __setitem__ = __delitem__ = __iter__ = __len__ = __contains__ = _fail
     get = setdefault = pop = popitem = update = clear = keys = values = items = copy = _fail
+    __eq__ = __ne__ = __or__ = __ror__ = __reversed__ = __ior__ = _fail
     permanent = property(_fail, _fail)
     regenerate = _fail

@@ -10,7 +10,7 @@ from flask.sessions import SessionInterface
 
 from ..bridge import Bridge
 from ..engine import Engine
-from ..session import MultiStoreSession
+from ..session import MultiStoreSession, NullSession
 from . import secret_keys
 
 __all__ = ["FlaskSessionInterface"]
@@ -19,19 +19,24 @@ __all__ = ["FlaskSessionInterface"]
 class FlaskSessionInterface(SessionInterface):
     """Opens and saves multi-store sessions for a ``flask.Flask`` app."""
 
+    null_session_class = NullSession
+
     def __init__(self, engine: Engine, bridge: Bridge) -> None:
         self.engine = engine
         self.bridge = bridge
 
     def open_session(self, app: Flask, request: Request) -> MultiStoreSession:
-        states, ops = self.engine.plan_open(request.cookies, secret_keys(app))
-        if ops:  # a config with only client-side stores never reaches an event loop
-            self.bridge.run(partial(self.engine.run, ops))
-        return self.engine.finish_open(states, ops)
+        plan = self.engine.plan_open(request.cookies, secret_keys(app))
+        if plan.ops:  # a config with only client-side stores never reaches an event loop
+            self.bridge.run(partial(self.engine.run, plan.ops))
+        return self.engine.finish_open(plan)
 
     def save_session(self, app: Flask, session: Any, response: Response) -> None:
-        if not isinstance(session, MultiStoreSession):
-            return  # open_session failed, or another interface made this session
+        # Not ours (open_session failed, another interface), or the framework's error path
+        # calling again after this save failed: a failed write runs once.
+        if not isinstance(session, MultiStoreSession) or session.saved:
+            return
+        session.saved = True  # open_session failed, or another interface made this session
         plan = self.engine.plan_save(session, secret_keys(app))
         if plan.ops:
             self.bridge.run(partial(self.engine.run, plan.ops))

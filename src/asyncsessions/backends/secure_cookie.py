@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from ..serialization import join_fields, split_fields
+from ..signing import SIGNER_KWARGS, canonical
 from .base import ClientSideBackend, Record
 
 __all__ = ["SecureCookieBackend"]
@@ -48,7 +48,7 @@ class SecureCookieBackend(ClientSideBackend):
             return cached[1]
         serializer: URLSafeTimedSerializer = URLSafeTimedSerializer(
             list(keys), salt=self._salt, serializer=_Raw,  # type: ignore[arg-type]
-            signer_kwargs={"key_derivation": "hmac", "digest_method": hashlib.sha256},
+            signer_kwargs=SIGNER_KWARGS,
         )
         self._cache = (keys, serializer)
         return serializer
@@ -63,12 +63,14 @@ class SecureCookieBackend(ClientSideBackend):
     def decode(
         self, value: str, *, max_age: int, secret_keys: Sequence[str | bytes]
     ) -> tuple[Record, float] | None:
+        if not canonical(value):
+            return None
         try:
             payload, signed_at = self._serializer(secret_keys).loads(
                 value, max_age=max_age, return_timestamp=True
             )
             fields = split_fields(payload)
-        except (BadSignature, ValueError, UnicodeError):
+        except (BadSignature, ValueError, UnicodeError, RecursionError):
             return None
         permanent = fields.pop("\0p", None) is not None
         return Record(fields, permanent), signed_at.timestamp()
