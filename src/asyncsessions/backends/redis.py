@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import re
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
@@ -29,10 +30,6 @@ class _FastClient(resp.RespClient):
     async def eval(self, script: str, numkeys: int, *keys_and_args: bytes | str | int) -> Any:
         return await self.execute("EVAL", script, numkeys, *keys_and_args)
 
-    async def hgetall(self, key: str) -> dict[bytes, bytes]:
-        flat = await self.execute("HGETALL", key)
-        return dict(zip(flat[::2], flat[1::2], strict=True))
-
     async def delete(self, key: str) -> int:
         deleted: int = await self.execute("DEL", key)
         return deleted
@@ -43,18 +40,31 @@ AsyncClient = redis.asyncio.Redis | redis.asyncio.RedisCluster | _FastClient
 # Hash fields beside the session's own; session keys can never start with NUL.
 _TTL = b"\0ttl"
 _PERMANENT = b"\0p"
+# A TTL as the store writes it, short enough for EXPIRE's range (the load script checks the
+# same): EXPIRE with 0 or a negative number would delete the record, with garbage fail.
+_TTL_SHAPE = re.compile(rb"[1-9][0-9]{0,14}")
 
-# Read and slide the expiry in one round trip, with the TTL the record was written with
-# (a permanent session's lifetime differs from a browser session's, and only the record knows).
-_LOAD_TOUCH = b"""
+# Read, and with ARGV[2] == '1' slide the expiry, in one round trip, with the TTL the record
+# was written with (a permanent session's lifetime differs from a browser session's, and only
+# the record knows). Any other type at the key (Flask-Session keeps a string under the same
+# name) is reported by its type name instead of failing with WRONGTYPE, and left alone.
+_LOAD = b"""
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind ~= 'hash' then return kind end
 local data = redis.call('HGETALL', KEYS[1])
-local ttl = redis.call('HGET', KEYS[1], ARGV[1])
-if ttl then redis.call('EXPIRE', KEYS[1], ttl) end
+if ARGV[2] == '1' then
+  local ttl = redis.call('HGET', KEYS[1], ARGV[1])
+  if ttl and #ttl <= 15 and string.match(ttl, '^[1-9]%d*$') then
+    redis.call('EXPIRE', KEYS[1], ttl)
+  end
+end
 return data
 """
 # Field-level write: set what changed, drop what was removed, restart the expiry. A script
 # is atomic and single-key, so it behaves the same on a Redis Cluster.
 _STORE = b"""
+-- Not a hash: another program's value under this session's key, which this write replaces.
+if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then redis.call('DEL', KEYS[1]) end
 local last = 2 + 2 * tonumber(ARGV[1])
 -- In chunks: unpack() of thousands of arguments overflows Lua's stack.
 for i = 3, last, 1000 do
@@ -80,7 +90,7 @@ class _Script:
             return await client.eval(self.source.decode(), 1, key, *args)
 
 
-_load_touch = _Script(_LOAD_TOUCH)
+_load = _Script(_LOAD)
 _store = _Script(_STORE)
 
 
@@ -137,17 +147,16 @@ class RedisBackend(ClientBackend[AsyncClient]):
         return self._make()
 
     async def load(self, key: str, *, touch: bool) -> Record | None:
-        client = self.client
-        if touch:
-            flat = await _load_touch(client, key, _TTL)
-            raw = dict(zip(flat[::2], flat[1::2], strict=True))
-        else:
-            raw = await client.hgetall(key)
-        if not raw:
+        reply = await _load(self.client, key, _TTL, int(touch))
+        if isinstance(reply, bytes):  # the key's type: not a hash
+            if reply != b"none":
+                self.unreadable(key, f"a redis {reply.decode()}, not a hash")
             return None
-        permanent = raw.pop(_PERMANENT, b"0") == b"1"
-        raw.pop(_TTL, None)
-        return Record({k.decode("utf-8"): v for k, v in raw.items()}, permanent)
+        try:
+            return _record(dict(zip(reply[::2], reply[1::2], strict=True)))
+        except ValueError as exc:
+            self.unreadable(key, str(exc))
+            return None
 
     async def store(
         self,
@@ -167,6 +176,25 @@ class RedisBackend(ClientBackend[AsyncClient]):
 
     async def delete(self, key: str) -> None:
         await self.client.delete(key)
+
+
+def _record(raw: dict[bytes, bytes]) -> Record:
+    """The record in a session hash; ``ValueError`` if this store did not write it so."""
+    ttl, permanent = raw.pop(_TTL, None), raw.pop(_PERMANENT, None)
+    if ttl is None or not _TTL_SHAPE.fullmatch(ttl):
+        raise ValueError(r"its \0ttl field is missing or no positive number of seconds")
+    if permanent not in (b"0", b"1"):
+        raise ValueError(r"its \0p field is missing or neither 0 nor 1")
+    fields: dict[str, bytes] = {}
+    for name, value in raw.items():
+        # A NUL-led name is metadata of another program (or version): nothing to guess at.
+        if name.startswith(b"\0"):
+            raise ValueError("it has an unknown NUL-led field")
+        try:
+            fields[name.decode("utf-8")] = value
+        except UnicodeDecodeError:
+            raise ValueError("a field name is not UTF-8") from None
+    return Record(fields, permanent == b"1")
 
 
 def _pool_cloner(client: redis.asyncio.Redis | redis.Redis) -> Callable[[], AsyncClient]:
