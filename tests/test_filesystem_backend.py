@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import shutil
 import stat
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
 from asyncsessions.backends.base import Record
-from asyncsessions.backends.filesystem import FilesystemBackend
+from asyncsessions.backends.filesystem import FilesystemBackend, _cleanup, _file_name
+from asyncsessions.ids import new_id
 
 pytestmark = pytest.mark.anyio
 
@@ -121,11 +126,17 @@ async def test_touch_restarts_expiry(backend: FilesystemBackend, directory: Path
     ],
 )
 async def test_garbage_file_reads_as_none(
-    backend: FilesystemBackend, directory: Path, content: bytes
+    backend: FilesystemBackend, directory: Path, content: bytes,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     await backend.store(KEY, {"a": b"1"}, (), permanent=False, ttl=60)
     only_record(directory).write_bytes(content)
-    assert await backend.load(KEY, touch=True) is None
+    with caplog.at_level(logging.WARNING, logger="asyncsessions"):
+        assert await backend.load(KEY, touch=True) is None
+    # An empty file is what a crash or a write in progress leaves: no record yet, no warning.
+    warned = f"unreadable record {KEY!r} read as no session" in caplog.text
+    assert warned == bool(content)
+    assert only_record(directory).read_bytes() == content  # a read never destroys it
     await backend.store(KEY, {"b": b"2"}, (), permanent=False, ttl=60)
     assert await backend.load(KEY, touch=False) == Record({"b": b"2"})
 
@@ -181,6 +192,23 @@ async def test_cleanup_failure_never_fails_a_store(
     assert await backend.load(KEY, touch=False) == Record({"a": b"1"})
 
 
+async def test_removed_directory_is_made_again(
+    directory: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = FilesystemBackend(directory=directory, cleanup_every=1)
+    await backend.store(KEY, {"a": b"1"}, (), permanent=False, ttl=60)
+    shutil.rmtree(directory)
+    with caplog.at_level(logging.WARNING):
+        assert await backend.load(KEY, touch=True) is None
+        _cleanup(str(directory))  # a cleanup thread that started just before the removal
+        await backend.store(KEY, {"b": b"2"}, (), permanent=False, ttl=60)
+        assert backend._cleaner is not None
+        backend._cleaner.join(timeout=5)
+    assert caplog.text == ""
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert await backend.load(KEY, touch=False) == Record({"b": b"2"})
+
+
 async def test_delete(backend: FilesystemBackend, directory: Path) -> None:
     await backend.delete(KEY)  # nothing there, not even the directory
     await backend.store(KEY, {"a": b"1"}, (), permanent=False, ttl=60)
@@ -231,3 +259,55 @@ def test_invalid_options_name_the_option(
     [name] = options
     with pytest.raises(error, match=name):
         FilesystemBackend(**options)  # type: ignore[arg-type]
+
+
+# -- through Flask and Quart ------------------------------------------------------------------
+
+
+def driver(make_driver: Any, directory: Path, **options: Any) -> Any:
+    return make_driver({"SESSION_CONFIG": [{
+        "cookie_name": "sid", "session_type": "filesystem", "directory": str(directory),
+        "key_prefix": "t:", **options}]})
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"\x00\x00\x00\x00\x80\x05}\x94.",  # cachelib's (Flask-Session's) expiry + pickle
+     b'{"user_id": 42}', b'{"v": 1, "ttl": 60, "permanent": "no", "fields": {}}', b"[" * 100_000],
+    ids=["pickle", "other shape", "wrong type", "too deep"],
+)
+def test_foreign_file_is_a_fresh_session(
+    make_driver: Any, directory: Path, content: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    d = driver(make_driver, directory)
+    sid = new_id()
+    directory.mkdir()
+    planted = directory / _file_name("t:" + sid)
+    planted.write_bytes(content)
+    d.set_cookie("sid", sid)
+    with caplog.at_level(logging.WARNING, logger="asyncsessions"):
+        assert d.show() == {}
+    assert f"session store 'sid': unreadable record {'t:' + sid!r}" in caplog.text
+    assert planted.read_bytes() == content
+
+    assert d.post("set", {"user_id": 42}).status == 200
+    new_sid = d.cookies()["sid"]
+    assert new_sid != sid  # an id with no record of ours is never adopted
+    stored = json.loads((directory / _file_name("t:" + new_sid)).read_bytes())
+    assert stored == {"v": 1, "ttl": 86400, "permanent": False, "fields": {"user_id": "42"}}
+    assert d.show() == {"user_id": "42"}
+
+
+@pytest.mark.parametrize("on_error", ["raise", "degrade"])
+def test_write_after_the_directory_is_removed(
+    make_driver: Any, directory: Path, on_error: str
+) -> None:
+    d = driver(make_driver, directory, on_error=on_error)
+    assert d.post("set", {"a": 1}).status == 200
+    shutil.rmtree(directory)
+    assert d.show() == {}
+    assert d.post("set", {"b": 2}).status == 200
+    assert d.show() == {"b": "2"}
+    assert d.post("set", {"c": 3}).status == 200
+    assert d.show() == {"b": "2", "c": "3"}
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import pickle
 import re
 import secrets
@@ -22,6 +24,7 @@ from asyncsessions import Session
 from asyncsessions.backends.base import Record, close_loop_clients
 from asyncsessions.backends.memcache import MemcacheBackend, _Remembered
 from asyncsessions.config import parse_config
+from asyncsessions.ids import new_id
 from servers import MemcachedServer
 
 pytestmark = pytest.mark.server("memcached")
@@ -98,6 +101,21 @@ def sent_commands(backend: MemcacheBackend) -> list[bytes]:
     client.fetch = counted_fetch  # type: ignore[method-assign]
     client.call = counted_call  # type: ignore[method-assign]
     return sent
+
+
+def value_of(server: MemcachedServer, key: str) -> bytes | None:
+    """The item's value (one without line breaks), or None if there is no item."""
+    lines = raw(server, f"get {key}\r\n".encode())
+    return None if len(lines) == 1 else lines[1]
+
+
+def plant(server: MemcachedServer, key: str, value: bytes, flags: int = 0) -> None:
+    command = b"set %s %d 60 %d\r\n%s\r\n" % (key.encode(), flags, len(value), value)
+    assert raw(server, command) == [b"STORED"]
+
+
+#: What Flask-Session 0.8 keeps at ``session:<sid>``: msgpack, client flags 0.
+FLASK_SESSION_MSGPACK = b"\x82\xaa_permanent\xc3\xa7user_id\x2a"
 
 
 def remaining_ttl(server: MemcachedServer, key: str) -> int | None:
@@ -426,24 +444,30 @@ async def test_delete(backend: MemcacheBackend, key: str) -> None:
     [
         (1, pickle.dumps({"user_id": "admin"})),  # how pymemcache / python-memcached pickle
         (0, pickle.dumps({"user_id": "admin"})),
+        (0, FLASK_SESSION_MSGPACK),
         (0, b"not json"),
         (0, b"\xff\xfe{}"),
         (0, b"[1, 2]"),
         (0, b'{"user_id": "admin"}'),  # no ttl or permanent flag: not ours
         (0, b'{"\\u0000ttl": 0, "\\u0000p": false, "user_id": "admin"}'),
+        (0, b'{"\\u0000ttl": "60", "\\u0000p": false, "user_id": "admin"}'),
+        (0, b'{"\\u0000ttl": 1%s, "\\u0000p": false, "user_id": "admin"}' % (b"0" * 30)),
         (0, b'{"\\u0000ttl": 60, "\\u0000p": 1, "user_id": "admin"}'),
         (0, b"[" * 100_000),
     ],
 )
 async def test_foreign_values_read_as_no_session(
     backend: MemcacheBackend, memcached_server: MemcachedServer, key: str,
-    flags: int, value: bytes,
+    flags: int, value: bytes, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    planted = raw(memcached_server, b"set %s %d 60 %d\r\n%s\r\n" % (
-        key.encode(), flags, len(value), value))
-    assert planted == [b"STORED"]
-    assert await backend.load(key, touch=False) is None
-    assert await backend.load(key, touch=True) is None
+    plant(memcached_server, key, value, flags)
+    # Another record first, so that the touching load is a gats, as in a running app.
+    await backend.store(key + "x", {"a": b"1"}, (), permanent=False, ttl=60)
+    with caplog.at_level(logging.WARNING, logger="asyncsessions"):
+        assert await backend.load(key, touch=False) is None
+        assert await backend.load(key, touch=True) is None
+    assert caplog.text.count(f"unreadable record {key!r} read as no session") == 2
+    assert value_of(memcached_server, key) == value  # reads never destroy it
     await backend.store(key, {"a": b"1"}, (), permanent=False, ttl=60)  # replaces it
     assert await backend.load(key, touch=False) == Record({"a": b"1"})
 
@@ -588,3 +612,32 @@ def test_end_to_end(
         assert remaining_ttl(memcached_server, key) is None
     finally:
         driver.close()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [FLASK_SESSION_MSGPACK, b'{"user_id": 42}', b'{"\\u0000ttl": [], "\\u0000p": true}',
+     b"[" * 100_000],
+    ids=["flask-session", "other shape", "wrong ttl", "too deep"],
+)
+def test_foreign_item_is_a_fresh_session(
+    make_driver: Any, memcached_server: MemcachedServer, prefix: str, value: bytes,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    d = make_driver({"SESSION_CONFIG": [{
+        "cookie_name": "sid", "session_type": "memcache", "host": memcached_server.host,
+        "port": memcached_server.port, "key_prefix": prefix}]})
+    sid = new_id()
+    plant(memcached_server, prefix + sid, value)
+    d.set_cookie("sid", sid)
+    with caplog.at_level(logging.WARNING, logger="asyncsessions"):
+        assert d.show() == {}
+    assert f"session store 'sid': unreadable record {prefix + sid!r}" in caplog.text
+    assert value_of(memcached_server, prefix + sid) == value
+
+    assert d.post("set", {"user_id": 42}).status == 200
+    new_sid = d.cookies()["sid"]
+    assert new_sid != sid  # an id with no record of ours is never adopted
+    stored = json.loads(value_of(memcached_server, prefix + new_sid) or b"null")
+    assert stored == {"\u0000ttl": 86400, "\u0000p": False, "user_id": 42}
+    assert d.show() == {"user_id": "42"}

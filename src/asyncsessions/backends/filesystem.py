@@ -38,9 +38,14 @@ class FilesystemBackend(Backend):
     replaces the file while holding an exclusive ``flock`` on it, so concurrent requests
     (threads or processes) that change different fields both survive. Writes are not fsync-ed:
     sessions are cheap to lose, and a machine crash can lose a recent write or leave an empty
-    file, which reads as no session, but never a torn one.
+    file, which reads as no session, but never a torn one. A file this store did not write
+    reads as no session, with a warning, and a write replaces it whole.
 
-    Every ``cleanup_every`` writes (0: never) a background thread removes expired records.
+    The directory is made on the first write (mode 0700), and again by the next write if it
+    is removed while the app runs; until then reads find no session.
+
+    Every ``cleanup_every`` writes (0: never) a background thread removes expired records
+    (and files that hold none).
     """
 
     def __init__(
@@ -63,7 +68,6 @@ class FilesystemBackend(Backend):
             raise ValueError(f"cleanup_every must be >= 0 (0: never), not {cleanup_every}")
         self.directory: str | None = directory
         self.cleanup_every = cleanup_every
-        self._directory_made = False
         self._stores = itertools.count(1)
         self._cleaner: threading.Thread | None = None
 
@@ -76,7 +80,11 @@ class FilesystemBackend(Backend):
             )
 
     async def load(self, key: str, *, touch: bool) -> Record | None:
-        return await run_blocking(_load, self._path(key), touch)
+        try:
+            return await run_blocking(_load, self._path(key), touch)
+        except _Unreadable as exc:
+            self.unreadable(key, str(exc))
+            return None
 
     async def store(
         self,
@@ -89,7 +97,7 @@ class FilesystemBackend(Backend):
     ) -> None:
         updates = dict(changed)  # a snapshot: the caller's loop goes on while the thread runs
         path = self._path(key)
-        await run_blocking(self._store, path, updates, tuple(removed), permanent, ttl)
+        await run_blocking(_store, path, updates, tuple(removed), permanent, ttl)
         if self.cleanup_every and next(self._stores) % self.cleanup_every == 0:
             self._start_cleanup(os.path.dirname(path))
 
@@ -100,28 +108,6 @@ class FilesystemBackend(Backend):
         if self.directory is None:
             raise RuntimeError("FilesystemBackend has no directory: pass directory= or bind()")
         return os.path.join(self.directory, _file_name(key))
-
-    def _store(
-        self,
-        path: str,
-        updates: dict[str, bytes],
-        removed: tuple[str, ...],
-        permanent: bool,
-        ttl: int,
-    ) -> None:
-        if not self._directory_made:
-            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-            self._directory_made = True
-        with _open_locked(path, create=True) as file:
-            stored = _read_live(file)
-            fields = stored.fields if stored else {}
-            fields.update(updates)
-            for name in removed:
-                fields.pop(name, None)
-            if fields:
-                _replace(path, _dump(ttl, permanent, fields))
-            else:
-                os.unlink(path)
 
     def _start_cleanup(self, directory: str) -> None:
         # Unlocked check: two overlapping cleanups are merely wasteful. A thread object from
@@ -141,6 +127,10 @@ class _Stored(NamedTuple):
     ttl: int
     permanent: bool
     fields: dict[str, bytes]
+
+
+class _Unreadable(Exception):
+    """A file at a record's path holds no record this store wrote (the message says why)."""
 
 
 def _file_name(key: str) -> str:
@@ -176,21 +166,22 @@ def _open_locked(path: str, *, create: bool) -> IO[bytes]:
 
 
 def _read_live(file: IO[bytes]) -> _Stored | None:
-    """The record in ``file``, or None if it is unreadable or expired."""
-    stored = _parse(file.read())
-    if stored is None:
-        return None
+    """The record in ``file``, or None if it is empty or expired; ``_Unreadable`` if foreign."""
+    data = file.read()
+    if not data:
+        return None  # being created by a writer, or left empty by a crash: no record yet
+    stored = _parse(data)
     expires_ns = os.fstat(file.fileno()).st_mtime_ns + stored.ttl * 10**9
     return stored if time.time_ns() < expires_ns else None
 
 
-def _parse(data: bytes) -> _Stored | None:
+def _parse(data: bytes) -> _Stored:
     try:
         doc = json.loads(data)
-    except (ValueError, RecursionError):
-        return None
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply to parse
+        raise _Unreadable(f"not JSON: {exc}") from None
     if not isinstance(doc, dict) or doc.get("v") != 1:
-        return None
+        raise _Unreadable("not a version 1 record")
     ttl, permanent, fields = doc.get("ttl"), doc.get("permanent"), doc.get("fields")
     if (
         type(ttl) is not int
@@ -198,11 +189,12 @@ def _parse(data: bytes) -> _Stored | None:
         or not isinstance(fields, dict)
         or not all(isinstance(text, str) for text in fields.values())
     ):
-        return None
+        raise _Unreadable("ttl, permanent or fields of the wrong type")
     try:
         values = {name: text.encode("utf-8", "surrogateescape") for name, text in fields.items()}
     except UnicodeEncodeError:
-        return None  # a lone surrogate that _dump never writes: the file was edited by hand
+        # A lone surrogate that _dump never writes: the file was edited by hand.
+        raise _Unreadable("a field holds a lone surrogate") from None
     return _Stored(ttl, permanent, values)
 
 
@@ -224,6 +216,30 @@ def _replace(path: str, data: bytes) -> None:
         with suppress(OSError):
             os.unlink(temp)
         raise
+
+
+def _store(
+    path: str, updates: dict[str, bytes], removed: tuple[str, ...], permanent: bool, ttl: int
+) -> None:
+    try:
+        file = _open_locked(path, create=True)
+    except FileNotFoundError:
+        # No directory: the first write, or it was removed while the app runs.
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        file = _open_locked(path, create=True)
+    with file:
+        try:
+            stored = _read_live(file)
+        except _Unreadable:
+            stored = None  # not a record of ours (the load logged it): replaced whole
+        fields = stored.fields if stored else {}
+        fields.update(updates)
+        for name in removed:
+            fields.pop(name, None)
+        if fields:
+            _replace(path, _dump(ttl, permanent, fields))
+        else:
+            os.unlink(path)
 
 
 def _load(path: str, touch: bool) -> Record | None:
@@ -260,6 +276,8 @@ def _cleanup(directory: str) -> None:
                     pass  # a writer or another process's cleanup got there first
                 except OSError:
                     logger.warning("session cleanup skipped %s", entry.path, exc_info=True)
+    except FileNotFoundError:
+        pass  # the directory was removed: nothing to clean until a write makes it again
     except Exception:
         logger.warning("session cleanup of %s failed", directory, exc_info=True)
 
@@ -268,10 +286,17 @@ def _collect(entry: os.DirEntry[str]) -> None:
     """Remove ``entry`` if it is a dead record or a temp file left by a crash."""
     if entry.name.endswith(_SUFFIX):
         with open(entry.path, "rb") as file:
-            if _read_live(file) is not None:
+            if _is_live(file):
                 return  # most records are live: look before taking the lock
         with _open_locked(entry.path, create=False) as file:
-            if _read_live(file) is None:  # still dead, now that no writer can revive it
+            if not _is_live(file):  # still dead, now that no writer can revive it
                 os.unlink(entry.path)
     elif entry.name.endswith(".tmp") and time.time_ns() - entry.stat().st_mtime_ns > _STALE_TEMP_NS:
         os.unlink(entry.path)
+
+
+def _is_live(file: IO[bytes]) -> bool:
+    try:
+        return _read_live(file) is not None
+    except _Unreadable:
+        return False  # a file of another shape in the store's directory: removed as dead

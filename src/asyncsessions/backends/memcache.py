@@ -28,6 +28,8 @@ _TTL = "\0ttl"
 _PERMANENT = "\0p"
 # memcached reads an exptime over 30 days as a Unix time, not as seconds from now.
 _MAX_RELATIVE = 30 * 86400
+# memcached keeps expiry times in 32 bits: later ones wrap around or are refused.
+_MAX_EXPTIME = 2**31 - 1
 _TRIES = 20
 _MAX_BACKOFF = 0.05  # seconds
 # Bounds on the items loads remember for the stores that follow them (per backend).
@@ -155,7 +157,9 @@ class MemcacheBackend(ClientBackend[_Client]):
     merge, ``cas``, backing off a random moment after each conflict, up to 20 times. A merge
     always starts from the very item whose token the ``cas`` presents. A record left without
     fields is written empty (a ``delete`` could drop a concurrent writer's field) and reads
-    as no session. Writes never use ``set``: memcached drops the old item when a ``set`` is
+    as no session. An item this store did not write (Flask-Session's msgpack, a client's
+    flagged pickle, damaged JSON) reads as no session, with a warning, and a write replaces
+    it whole. Writes never use ``set``: memcached drops the old item when a ``set`` is
     refused as too large, while a refused ``cas`` or ``add`` leaves it.
 
     TTLs over 30 days are sent as absolute Unix times, as memcached requires, so they rely
@@ -235,7 +239,12 @@ class MemcacheBackend(ClientBackend[_Client]):
         guess = self._guess if touch else None
         command = b"gets" if guess is None else b"gats %d" % _exptime(guess)
         item = await client.fetch(command, name)
-        stored = _parse(item)
+        stored = None
+        if item is not None:
+            try:
+                stored = _parse(item)
+            except ValueError as exc:
+                self.unreadable(key, str(exc))  # left as it is: a write replaces it
         if item is None or stored is None or not stored.fields:
             self._remembered.take(key)
             return None
@@ -293,8 +302,10 @@ class MemcacheBackend(ClientBackend[_Client]):
 
         False if ``item`` is no longer what is stored (for None: an item now exists).
         """
-        stored = _parse(item)
-        fields = stored.fields if stored else {}
+        try:
+            fields = _parse(item).fields if item is not None else {}
+        except ValueError:
+            fields = {}  # not a record of ours: replaced whole, never merged into
         fields.update(changed)
         for field in removed:
             fields.pop(field, None)
@@ -336,17 +347,23 @@ def _exptime(ttl: int) -> int:
     return ttl if ttl <= _MAX_RELATIVE else int(time.time()) + ttl
 
 
-def _parse(item: _Item | None) -> _Stored | None:
-    """The record in ``item``; None if there is none or it is not one of ours."""
-    if item is None or item.flags:
-        return None  # flags mark another client's encoding, such as a pickle
+def _parse(item: _Item) -> _Stored:
+    """The record in ``item``; ``ValueError`` saying why if it is none this store wrote."""
+    if item.flags:
+        # pymemcache and python-memcached flag the encodings they add, such as pickles.
+        raise ValueError(f"client flags {item.flags}, another client's encoding")
     try:
         fields = split_fields(item.value)
-    except (ValueError, RecursionError):
-        return None
-    ttl, permanent = fields.pop(_TTL, b""), fields.pop(_PERMANENT, b"")
-    if not ttl.isdigit() or int(ttl) < 1 or permanent not in (b"true", b"false"):
-        return None
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply to parse
+        raise ValueError(f"not a JSON object of fields: {exc}") from None
+    ttl, permanent = fields.pop(_TTL, None), fields.pop(_PERMANENT, None)
+    if ttl is None or permanent is None:
+        raise ValueError("no ttl or permanent flag")
+    # A ttl memcached cannot take as an expiry would make the load's touch fail.
+    if not ttl.isdigit() or not 1 <= int(ttl) <= _MAX_EXPTIME - int(time.time()):
+        raise ValueError(f"ttl {ttl[:30]!r} is no lifetime memcached can keep")
+    if permanent not in (b"true", b"false"):
+        raise ValueError(f"permanent flag {permanent[:30]!r} is not true or false")
     return _Stored(int(ttl), permanent == b"true", fields)
 
 
