@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
-from asyncsessions.backends.base import Record
+from asyncsessions.backends.base import Record, masked
 from asyncsessions.backends.filesystem import FilesystemBackend, _cleanup, _file_name
 from asyncsessions.ids import new_id
 
@@ -134,7 +134,7 @@ async def test_garbage_file_reads_as_none(
     with caplog.at_level(logging.WARNING, logger="asyncsessions"):
         assert await backend.load(KEY, touch=True) is None
     # An empty file is what a crash or a write in progress leaves: no record yet, no warning.
-    warned = f"unreadable record {KEY!r} read as no session" in caplog.text
+    warned = f"unreadable record {masked(KEY)!r} read as no session" in caplog.text
     assert warned == bool(content)
     assert only_record(directory).read_bytes() == content  # a read never destroys it
     await backend.store(KEY, {"b": b"2"}, (), permanent=False, ttl=60)
@@ -287,7 +287,7 @@ def test_foreign_file_is_a_fresh_session(
     d.set_cookie("sid", sid)
     with caplog.at_level(logging.WARNING, logger="asyncsessions"):
         assert d.show() == {}
-    assert f"session store 'sid': unreadable record {'t:' + sid!r}" in caplog.text
+    assert f"session store 'sid': unreadable record {masked('t:' + sid)!r}" in caplog.text
     assert planted.read_bytes() == content
 
     assert d.post("set", {"user_id": 42}).status == 200

@@ -21,7 +21,7 @@ import pytest
 
 from apps import Driver
 from asyncsessions import Session
-from asyncsessions.backends.base import Record, close_loop_clients
+from asyncsessions.backends.base import Record, close_loop_clients, masked
 from asyncsessions.backends.memcache import MemcacheBackend, _Remembered
 from asyncsessions.config import parse_config
 from asyncsessions.ids import new_id
@@ -466,7 +466,7 @@ async def test_foreign_values_read_as_no_session(
     with caplog.at_level(logging.WARNING, logger="asyncsessions"):
         assert await backend.load(key, touch=False) is None
         assert await backend.load(key, touch=True) is None
-    assert caplog.text.count(f"unreadable record {key!r} read as no session") == 2
+    assert caplog.text.count(f"unreadable record {masked(key)!r} read as no session") == 2
     assert value_of(memcached_server, key) == value  # reads never destroy it
     await backend.store(key, {"a": b"1"}, (), permanent=False, ttl=60)  # replaces it
     assert await backend.load(key, touch=False) == Record({"a": b"1"})
@@ -632,7 +632,7 @@ def test_foreign_item_is_a_fresh_session(
     d.set_cookie("sid", sid)
     with caplog.at_level(logging.WARNING, logger="asyncsessions"):
         assert d.show() == {}
-    assert f"session store 'sid': unreadable record {prefix + sid!r}" in caplog.text
+    assert f"session store 'sid': unreadable record {masked(prefix + sid)!r}" in caplog.text
     assert value_of(memcached_server, prefix + sid) == value
 
     assert d.post("set", {"user_id": 42}).status == 200

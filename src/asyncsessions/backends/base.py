@@ -19,6 +19,7 @@ __all__ = [
     "LoopClients",
     "Record",
     "close_loop_clients",
+    "masked",
     "run_blocking",
 ]
 
@@ -72,7 +73,7 @@ class Backend(ABC):
         """
         logger.warning(
             "session store %r: unreadable record %r read as no session (%s)",
-            self.name, key, reason,
+            self.name, masked(key), reason,
         )
 
     def check_key_prefix(self, prefix: str) -> None:
@@ -107,6 +108,14 @@ class Backend(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the backend holds outside any event loop."""
+
+
+def masked(key: str) -> str:
+    """``key`` for a log line: the prefix and the id's first characters, never the whole id.
+
+    An id is a credential even where it is unusable, and logs travel further than stores.
+    """
+    return key[: len(key) - ID_LENGTH + 4] + "…" if len(key) >= ID_LENGTH else key
 
 
 class LoopClients(Generic[C]):
