@@ -112,3 +112,23 @@ def test_lone_surrogates_are_a_clear_error() -> None:
         dumps("\ud800")
     with pytest.raises(SerializationError, match="not valid Unicode"):
         join_fields({"\ud800": dumps(1)})
+
+
+def test_one_depth_limit_for_saving_and_loading() -> None:
+    from asyncsessions.serialization import MAX_DEPTH
+
+    value: Any = 0
+    for level in range(MAX_DEPTH):  # lists, dicts and tuples all count as a level
+        value = ([value], {"k": value}, (value,))[level % 3]
+    assert loads(dumps(value)) == value
+    with pytest.raises(SerializationError, match="nested more than"):
+        dumps([value])
+    cyclic: list[Any] = []
+    cyclic.append(cyclic)
+    with pytest.raises(SerializationError, match="nested more than"):
+        dumps(cyclic)
+    # Stored by something else, or by an older release: unreadable, never a RecursionError.
+    with pytest.raises(ValueError, match="nested more than"):
+        loads(b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1))
+    with pytest.raises(ValueError):
+        loads(b"[" * 100_000 + b"]" * 100_000)

@@ -60,7 +60,7 @@ class MultiStoreSession(CallbackDict[str, Any], SessionMixin):
 
     # Flask's ``modified`` is both "a field changed" and the user's way to force a save; the
     # two are kept apart because only the forced one must rewrite unchanged stores.
-    @property  # type: ignore[override]
+    @property
     def modified(self) -> bool:
         return self._changed or self.forced
 
@@ -157,11 +157,11 @@ class MultiStoreSession(CallbackDict[str, Any], SessionMixin):
         self.accessed = True
         return super().__ne__(other)
 
-    def __or__(self, other: Any) -> dict[str, Any]:
+    def __or__(self, other: Any) -> Any:
         self.accessed = True
         return dict(super().items()) | other
 
-    def __ror__(self, other: Any) -> dict[str, Any]:
+    def __ror__(self, other: Any) -> Any:
         self.accessed = True
         return other | dict(super().items())
 
@@ -185,8 +185,15 @@ class NullSession(MultiStoreSession):
         )
 
     __setitem__ = __delitem__ = clear = pop = popitem = update = setdefault = _fail
-    __ior__ = regenerate = _fail  # type: ignore[assignment]
-    permanent = property(MultiStoreSession.permanent.fget, _fail)  # type: ignore[assignment]
+    __ior__ = regenerate = _fail
+
+    @property
+    def permanent(self) -> bool:
+        return False
+
+    @permanent.setter
+    def permanent(self, value: bool) -> None:
+        self._fail()
 
 
 class UnavailableSession(MultiStoreSession):

@@ -19,7 +19,7 @@ __all__ = ["FlaskSessionInterface"]
 class FlaskSessionInterface(SessionInterface):
     """Opens and saves multi-store sessions for a ``flask.Flask`` app."""
 
-    null_session_class = NullSession
+    null_session_class = NullSession  # type: ignore[assignment]
 
     def __init__(self, engine: Engine, bridge: Bridge) -> None:
         self.engine = engine

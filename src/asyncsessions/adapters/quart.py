@@ -18,7 +18,7 @@ __all__ = ["QuartSessionInterface"]
 class QuartSessionInterface(SessionInterface):
     """Opens and saves multi-store sessions for a ``quart.Quart`` app."""
 
-    null_session_class = NullSession
+    null_session_class = NullSession  # type: ignore[assignment]
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
