@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .backends.base import Backend, ClientSideBackend, Record
+from .backends.base import Backend, ClientSideBackend, Record, Store, Write
 from .errors import SessionBackendError, SessionConfigWarning, SessionCookieTooLarge
 from .extension import Session
 from .serialization import SerializationError
@@ -19,5 +19,7 @@ __all__ = [
     "SessionBackendError",
     "SessionConfigWarning",
     "SessionCookieTooLarge",
+    "Store",
+    "Write",
 ]
 __version__ = "0.1.0.dev0"

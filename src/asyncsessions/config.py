@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from werkzeug.sansio.response import Response
 
-from .backends.base import Backend
+from .backends.base import Backend, Store
 from .errors import SessionConfigWarning
 
 __all__ = ["BACKENDS", "CookieSettings", "FieldSelector", "StoreConfig", "parse_config"]
@@ -89,7 +89,7 @@ class StoreConfig:
     """One ``SESSION_CONFIG`` entry, validated."""
 
     index: int
-    backend: Backend
+    backend: Store
     fields: FieldSelector
     cookie: CookieSettings
     lifetime: int
@@ -104,9 +104,9 @@ class StoreConfig:
         return self.cookie.name
 
 
-class _EntryError(ValueError):
-    def __init__(self, index: int, key: str, message: str) -> None:
-        super().__init__(f"SESSION_CONFIG[{index}] {key!r}: {message}")
+def _entry_error(index: int, key: str, message: str) -> ValueError:
+    # A plain ValueError: no private class in the user's traceback.
+    return ValueError(f"SESSION_CONFIG[{index}] {key!r}: {message}")
 
 
 def parse_config(config: Mapping[str, Any], *, instance_path: str) -> tuple[StoreConfig, ...]:
@@ -119,9 +119,9 @@ def parse_config(config: Mapping[str, Any], *, instance_path: str) -> tuple[Stor
     if not entries:
         raise ValueError("SESSION_CONFIG is empty: configure at least one store")
     stores = tuple(_parse_entry(i, entry, config) for i, entry in enumerate(entries))
-    _check_together(stores)
     for store in stores:
         store.backend.bind(name=store.name, instance_path=instance_path)
+    _check_together(stores)
     return stores
 
 
@@ -131,13 +131,13 @@ def _parse_entry(index: int, entry: Any, app: Mapping[str, Any]) -> StoreConfig:
     entry = dict(entry)  # never mutate the user's config
     name = entry.pop("cookie_name", None)
     if not isinstance(name, str) or not name:
-        raise _EntryError(index, "cookie_name", "required, a non-empty string")
+        raise _entry_error(index, "cookie_name", "required, a non-empty string")
     backend, extra_keys = _make_backend(index, entry)
     unknown = set(entry) - _COMMON_KEYS - extra_keys
     if unknown:
         key = sorted(unknown)[0]
         hint = difflib.get_close_matches(key, [*_COMMON_KEYS, *extra_keys], n=1)
-        raise _EntryError(
+        raise _entry_error(
             index, key, "unknown key" + (f"; did you mean {hint[0]!r}?" if hint else "")
         )
 
@@ -147,25 +147,25 @@ def _parse_entry(index: int, entry: Any, app: Mapping[str, Any]) -> StoreConfig:
         # bool is an int to isinstance, but True is no timeout or max_age.
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             names = " or ".join(t.__name__ for t in kinds)
-            raise _EntryError(index, key, f"expected {names}, got {type(value).__name__}")
+            raise _entry_error(index, key, f"expected {names}, got {type(value).__name__}")
         return value
 
     permanent_default = app.get("PERMANENT_SESSION_LIFETIME", timedelta(days=31))
     samesite = get("cookie_samesite", (str, type(None)),
                    app.get("SESSION_COOKIE_SAMESITE") or "Lax")
     if samesite is not None and samesite.capitalize() not in ("Lax", "Strict", "None"):
-        raise _EntryError(index, "cookie_samesite", "expected 'Lax', 'Strict', 'None' or None")
+        raise _entry_error(index, "cookie_samesite", "expected 'Lax', 'Strict', 'None' or None")
     on_error = get("on_error", str, "raise")
     if on_error not in ("raise", "degrade"):
-        raise _EntryError(index, "on_error", "expected 'raise' or 'degrade'")
+        raise _entry_error(index, "on_error", "expected 'raise' or 'degrade'")
     timeout = float(get("timeout", (int, float), 5.0))
     if not 0 < timeout < math.inf:
-        raise _EntryError(index, "timeout", "expected a positive number of seconds")
+        raise _entry_error(index, "timeout", "expected a positive number of seconds")
     key_prefix = get("key_prefix", str, "session:")
     max_age_setting = get("cookie_max_age", (int, timedelta, type(None)), None)
     partitioned = get("cookie_partitioned", bool, app.get("SESSION_COOKIE_PARTITIONED", False))
     if partitioned and "partitioned" not in inspect.signature(Response.set_cookie).parameters:
-        raise _EntryError(index, "cookie_partitioned", "needs Werkzeug >= 3.0")
+        raise _entry_error(index, "cookie_partitioned", "needs Werkzeug >= 3.0")
     lifetime = _seconds(
         index, "session_lifetime",
         get("session_lifetime", (int, float, timedelta), timedelta(days=1)),
@@ -217,27 +217,27 @@ def _parse_entry(index: int, entry: Any, app: Mapping[str, Any]) -> StoreConfig:
 def _seconds(index: int, key: str, value: int | float | timedelta) -> int:
     seconds = value.total_seconds() if isinstance(value, timedelta) else value
     if not 0 < seconds < math.inf:
-        raise _EntryError(index, key, "expected a positive duration")
+        raise _entry_error(index, key, "expected a positive duration")
     return max(1, math.ceil(seconds))
 
 
-def _make_backend(index: int, entry: dict[str, Any]) -> tuple[Backend, frozenset[str]]:
+def _make_backend(index: int, entry: dict[str, Any]) -> tuple[Store, frozenset[str]]:
     kind = entry.get("session_type", "secure_cookie")
-    if isinstance(kind, Backend):
+    if isinstance(kind, Store):
         return kind, frozenset()
     if isinstance(kind, str):
         if kind not in BACKENDS:
             hint = difflib.get_close_matches(kind, BACKENDS, n=1)
-            raise _EntryError(
+            raise _entry_error(
                 index, "session_type",
                 f"unknown store {kind!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
                 + f" (known: {', '.join(sorted(BACKENDS))})",
             )
         cls = _import_backend(index, kind)
-    elif isinstance(kind, type) and issubclass(kind, Backend):
+    elif isinstance(kind, type) and issubclass(kind, Store):
         cls = kind
     else:
-        raise _EntryError(
+        raise _entry_error(
             index, "session_type", "expected a store name, a Backend subclass or instance"
         )
     params = {
@@ -250,21 +250,21 @@ def _make_backend(index: int, entry: dict[str, Any]) -> tuple[Backend, frozenset
         backend = cls(**options)
     except (TypeError, ValueError) as exc:
         key = next((k for k in options if k in str(exc)), "session_type")
-        raise _EntryError(index, key, str(exc)) from exc
+        raise _entry_error(index, key, str(exc)) from exc
     return backend, frozenset(params)
 
 
-def _import_backend(index: int, kind: str) -> type[Backend]:
+def _import_backend(index: int, kind: str) -> type[Store]:
     target, extra = BACKENDS[kind]
     module_name, _, attr = target.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise _EntryError(
+        raise _entry_error(
             index, "session_type",
             f"the {kind!r} store needs its driver: pip install 'asyncsessions[{extra}]' ({exc})",
         ) from exc
-    cls: type[Backend] = getattr(module, attr)
+    cls: type[Store] = getattr(module, attr)
     return cls
 
 
@@ -274,7 +274,7 @@ def _parse_fields(index: int, value: Any) -> FieldSelector:
     if isinstance(value, Mapping):
         keys = set(value)
         if len(keys) != 1 or not keys <= {"include", "exclude"}:
-            raise _EntryError(
+            raise _entry_error(
                 index, "session_fields", "a dict must have exactly one key: 'include' or 'exclude'"
             )
         (mode,) = keys
@@ -282,32 +282,44 @@ def _parse_fields(index: int, value: Any) -> FieldSelector:
     if isinstance(value, (list, tuple, set, frozenset)):
         names = _names(index, value)
         return FieldSelector("include", names) if names else FieldSelector("all")
-    raise _EntryError(
+    raise _entry_error(
         index, "session_fields", "expected a list of field names, an include/exclude dict or 'auto'"
     )
 
 
 def _names(index: int, value: Any) -> frozenset[str]:
     if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)):
-        raise _EntryError(index, "session_fields", "expected a list of field names")
+        raise _entry_error(index, "session_fields", "expected a list of field names")
     if not all(isinstance(v, str) for v in value):
-        raise _EntryError(index, "session_fields", "field names must be strings")
+        raise _entry_error(index, "session_fields", "field names must be strings")
     return frozenset(value)
 
 
 def _check_together(stores: tuple[StoreConfig, ...]) -> None:
     seen: dict[str, int] = {}
+    places: dict[tuple[str, str], int] = {}
     auto: int | None = None
     for store in stores:
+        location = store.backend.location
+        if isinstance(store.backend, Backend) and location is not None:
+            # Same server, same prefix: one store's id sent as the other's cookie would load
+            # (and at its next write prune) the other store's record.
+            other = places.setdefault((location, store.key_prefix), store.index)
+            if other != store.index:
+                raise _entry_error(
+                    store.index, "key_prefix",
+                    f"{store.key_prefix!r} at {location} is already used by "
+                    f"SESSION_CONFIG[{other}]: give each store its own key_prefix",
+                )
         if store.name in seen:
-            raise _EntryError(
+            raise _entry_error(
                 store.index, "cookie_name",
                 f"{store.name!r} is already used by SESSION_CONFIG[{seen[store.name]}]",
             )
         seen[store.name] = store.index
         if store.fields.mode == "auto":
             if auto is not None:
-                raise _EntryError(
+                raise _entry_error(
                     store.index, "session_fields",
                     f"only one store may be 'auto' (SESSION_CONFIG[{auto}] already is)",
                 )
@@ -315,4 +327,4 @@ def _check_together(stores: tuple[StoreConfig, ...]) -> None:
         try:
             store.backend.check_key_prefix(store.key_prefix)
         except ValueError as exc:
-            raise _EntryError(store.index, "key_prefix", str(exc)) from exc
+            raise _entry_error(store.index, "key_prefix", str(exc)) from exc

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import anyio
 
-from .backends.base import ClientSideBackend, Record
+from .backends.base import Backend, ClientSideBackend, Record, Write
 from .config import StoreConfig
 from .errors import SessionBackendError, SessionCookieTooLarge
 from .ids import IdCodec, new_id
@@ -45,20 +45,23 @@ class Op:
     state: StoreState
     kind: Literal["load", "store", "delete"]
     key: str
-    changed: Mapping[str, bytes] = field(default_factory=dict)
-    removed: Sequence[str] = ()
-    permanent: bool = False
-    ttl: int = 0
+    write: Write | None = None
     result: Record | None = None
+    #: What ``store`` answered: ``False`` when the record it updates was gone.
+    written: bool = True
     error: Exception | None = None
     seconds: float = 0.0
 
 
 @dataclass(slots=True)
-class _Cookie:
+class Cookie:
+    """A cookie to set (or, with ``value`` ``None``, to delete) once the store I/O is done."""
+
     store: StoreConfig
-    value: str | None  # None: delete the cookie
+    value: str | None
     permanent: bool
+    #: The write this cookie announces: no cookie when it failed or found its record gone.
+    after: Op | None = None
 
 
 @dataclass(slots=True)
@@ -76,7 +79,7 @@ class SavePlan:
     """What a save has to do: store I/O first, then cookies."""
 
     ops: list[Op]
-    cookies: list[_Cookie]
+    cookies: list[Cookie]
     vary: bool
 
 
@@ -86,7 +89,7 @@ class Engine:
     def __init__(self, stores: tuple[StoreConfig, ...], *, refresh_each_request: bool) -> None:
         self.stores = stores
         self.refresh = refresh_each_request
-        self.has_server_side = any(not s.backend.client_side for s in stores)
+        self.has_server_side = any(isinstance(s.backend, Backend) for s in stores)
         #: Stores that sign with the app's key: without one the session is a NullSession.
         self.needs_secret_key = any(
             isinstance(s.backend, ClientSideBackend) or s.use_signer for s in stores
@@ -219,7 +222,7 @@ class Engine:
             regenerate = False
         codecs = self._id_codecs(secret_keys)
         ops: list[Op] = []
-        cookies: list[_Cookie] = []
+        cookies: list[Cookie] = []
         rows = zip(self.stores, session.states, per_store, codecs, strict=True)
         for store, state, fields, codec in rows:
             if state.failed:
@@ -236,46 +239,53 @@ class Engine:
                 if cookie is not None:
                     cookies.append(cookie)
                 continue
+            sid, loaded = state.sid, state.loaded
             # Only a cookie whose session this request read, or an explicit clear(), is
             # removed: a cookie this server cannot read (a key it lacks during a rolling
             # deploy, an expired record) is left for the servers that can.
-            clear_cookie = state.cookie is not None and (bool(state.loaded) or session.cleared)
-            if regenerate and state.sid is not None:
-                ops.append(Op(store, state, "delete", store.key_prefix + state.sid))
-                state.sid = None
-                state.loaded = {}
+            clear_cookie = state.cookie is not None and (bool(loaded) or session.cleared)
+            if regenerate and sid is not None:
+                ops.append(Op(store, state, "delete", store.key_prefix + sid))
+                sid, loaded = None, {}
             if not fields:
-                if state.sid is not None and state.loaded:
-                    ops.append(Op(store, state, "delete", store.key_prefix + state.sid))
+                if sid is not None and loaded:
+                    # Removing what was loaded, not deleting: the store deletes the record
+                    # only if no field another request wrote in the meantime remains.
+                    ops.append(Op(store, state, "store", store.key_prefix + sid,
+                                  Write({}, list(loaded))))
                 if clear_cookie:
-                    cookies.append(_Cookie(store, None, permanent))
+                    cookies.append(Cookie(store, None, permanent))
                 continue
-            fresh = state.sid is None
+            fresh = sid is None
             if fresh:
                 if not can_set_cookies:
                     continue  # a websocket has no response to carry the new id
-                state.sid = new_id()
-            sid = state.sid
+                sid = new_id()
             assert sid is not None
             if force:
                 changed = fields
             else:
-                changed = {k: v for k, v in fields.items() if state.loaded.get(k) != v}
-            removed = [k for k in state.loaded if k not in fields]
+                changed = {k: v for k, v in fields.items() if loaded.get(k) != v}
+            removed = [k for k in loaded if k not in fields]
             flag_changed = permanent != state.loaded_permanent
-            write = bool(changed or removed or fresh or flag_changed)
-            if write:
-                ops.append(Op(
-                    store, state, "store", store.key_prefix + sid, changed, removed,
-                    permanent, store.permanent_lifetime if permanent else store.lifetime,
+            write: Op | None = None
+            if changed or removed or fresh or flag_changed:
+                # The flag (and the lifetime it implies) only when this request set it, so
+                # a concurrent request's change of permanence is not undone.
+                sets_flag = fresh or flag_changed
+                lifetime = store.permanent_lifetime if permanent else store.lifetime
+                write = Op(store, state, "store", store.key_prefix + sid, Write(
+                    changed, removed, permanent if sets_flag else None,
+                    lifetime if sets_flag else None, create=fresh,
                 ))
+                ops.append(write)
             value = codec.encode(sid)
             # Flask's rule, per store: a new or re-signed id, a change of permanence (the
             # cookie gains or loses its expiry), or a permanent session that was written or
             # slides on every request.
             if (value != state.cookie or flag_changed or force
-                    or (permanent and (write or self.refresh))):
-                cookies.append(_Cookie(store, value, permanent))
+                    or (permanent and (write is not None or self.refresh))):
+                cookies.append(Cookie(store, value, permanent, write))
         if not can_set_cookies:
             cookies = []
         # Flask's rule: a response that read the session or carries its cookie varies by it.
@@ -290,11 +300,11 @@ class Engine:
         permanent: bool,
         secret_keys: tuple[str | bytes, ...],
         session: MultiStoreSession,
-    ) -> _Cookie | None:
+    ) -> Cookie | None:
         if not fields:
             # As for server-side stores: a cookie this server cannot read is left alone.
             if state.cookie is not None and (state.loaded or session.cleared):
-                return _Cookie(store, None, permanent)
+                return Cookie(store, None, permanent)
             return None
         stale = (
             self.refresh
@@ -308,7 +318,7 @@ class Engine:
         size = len(store.name) + len(value) + 2
         if size > COOKIE_LIMIT:
             raise SessionCookieTooLarge(store.name, size, COOKIE_LIMIT)
-        return _Cookie(store, value, permanent)
+        return Cookie(store, value, permanent)
 
     def finish_save(self, plan: SavePlan, response: Any) -> None:
         """Set or clear the cookies of the stores whose I/O succeeded.
@@ -331,10 +341,9 @@ class Engine:
                     samesite=settings.samesite, **partitioned,
                 )
                 continue
-            if store.backend.client_side is False and any(
-                op.state.failed for op in plan.ops if op.store is store
-            ):
-                continue
+            after = cookie.after
+            if after is not None and (after.state.failed or not after.written):
+                continue  # the write failed (degraded) or its record was gone
             expires: datetime | None = None
             if settings.max_age is None and cookie.permanent:
                 expires = datetime.now(timezone.utc) + timedelta(seconds=store.permanent_lifetime)
@@ -368,12 +377,12 @@ class Engine:
 
     async def _call(self, op: Op) -> None:
         backend = op.store.backend
+        assert isinstance(backend, Backend)
         if op.kind == "load":
             op.result = await backend.load(op.key, touch=self.refresh)
         elif op.kind == "store":
-            await backend.store(
-                op.key, op.changed, op.removed, permanent=op.permanent, ttl=op.ttl
-            )
+            assert op.write is not None
+            op.written = await backend.store(op.key, op.write)
         else:
             await backend.delete(op.key)
 
@@ -382,7 +391,8 @@ class Engine:
             exc = op.error
             if exc is None:
                 continue
-            message = f"{op.kind} failed: " + (
+            location = op.store.backend.location
+            message = f"{op.kind} failed" + (f" at {location}: " if location else ": ") + (
                 f"no answer within {op.store.timeout:g} s"
                 if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
             )

@@ -1,5 +1,53 @@
-"""The contract every session store implements, and the per-event-loop client cache."""
+"""The store contract, and what stores share: the per-event-loop client cache, log lines.
 
+There are two kinds of store. A *cookie store* (:class:`ClientSideBackend`) keeps the
+session in its cookie: it encodes and decodes, and does no I/O. A *server-side store*
+(:class:`Backend`) keeps records under ``key = key_prefix + session id`` and implements three
+coroutines, which the engine runs concurrently with other stores' and bounds by ``timeout``:
+
+``load(key, touch=...) -> Record | None``
+    The record, or ``None`` when there is none: absent, expired (a store whose server
+    deletes lazily checks the expiry itself), or not readable as one of ours (another
+    library's value under the same key, a damaged or hand-edited record). An unreadable
+    record is reported with :meth:`Store.unreadable` and left as it is: a read never
+    changes or deletes what it cannot read. With ``touch``, the record's expiry restarts
+    from now with the lifetime the record was written with, in the same round trip where
+    the store allows it.
+
+``store(key, write) -> bool``
+    Apply one request's :class:`Write` to one record, atomically with respect to every
+    other ``store`` of that key:
+
+    * ``write.changed`` fields are set and ``write.removed`` fields dropped; fields the
+      write does not name are kept, so concurrent requests that change *different* fields
+      all survive.
+    * ``write.create`` is true for a new id: the record is created. Otherwise the request
+      loaded the record, and the write applies only if it still exists: a record that a
+      concurrent logout or ``regenerate()`` deleted (or that expired) is not resurrected;
+      ``store`` writes nothing and returns ``False``, and the engine sends no cookie for it.
+    * ``write.permanent`` and ``write.ttl`` are ``None`` when the request did not change
+      the permanent flag: the stored flag is kept and the expiry restarts with the record's
+      own lifetime, so a concurrent request that changed the flag is not undone. Otherwise
+      both are stored and the record lives ``ttl`` seconds from now.
+    * A write that leaves no field deletes the record, in the same atomic step: a field
+      another request added in that instant keeps the record alive.
+
+    A foreign or unreadable record under the key is replaced, never merged with.
+
+``delete(key)``
+    Remove the record; a missing record is not an error.
+
+Values are opaque bytes (UTF-8 JSON text from :mod:`asyncsessions.serialization`) and field
+names are ``str`` not starting with NUL (so a store may keep its own metadata under names
+that do), checked by the engine before any store sees them.
+
+Errors: a store raises whatever its driver raises when the server fails (unreachable,
+refused, too large); the engine turns it into :class:`~asyncsessions.SessionBackendError`
+naming the store and its :attr:`Store.location`. Settings are checked in ``__init__`` (raise
+``TypeError``/``ValueError``; the config names the entry and key), never at the first
+request. A store that cannot keep different fields of concurrent requests (it has no
+atomic update or compare-and-set) says so with ``merges_fields = False`` and in its docs.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -18,6 +66,8 @@ __all__ = [
     "ClientSideBackend",
     "LoopClients",
     "Record",
+    "Store",
+    "Write",
     "close_loop_clients",
     "masked",
     "run_blocking",
@@ -42,20 +92,29 @@ class Record:
     permanent: bool = False
 
 
-class Backend(ABC):
-    """An async session store addressed by key (``key_prefix + session id``).
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One request's change to one record (see the module docstring for the semantics)."""
 
-    Values are opaque bytes produced by :mod:`asyncsessions.serialization`; a backend never
-    interprets them. ``ttl`` is the lifetime in seconds the record gets from now on.
-    """
+    changed: Mapping[str, bytes]
+    removed: Collection[str] = ()
+    #: ``None``: the request did not change the flag; keep the stored one and its lifetime.
+    permanent: bool | None = None
+    ttl: int | None = None
+    #: A new id: create the record. ``False``: update it only if it still exists.
+    create: bool = False
 
-    #: Client-side stores keep the data in the cookie itself and do no I/O.
-    client_side: ClassVar[bool] = False
+
+class Store:
+    """What both kinds of store share: a name, settings checks, and log lines."""
+
     #: Longest key the store accepts, in bytes (``None``: no limit worth checking).
     max_key_length: ClassVar[int | None] = None
-
     #: The store's cookie name, set by :meth:`bind` (used in log lines and errors).
     name: str = ""
+    #: Where the records live (``"redis://127.0.0.1:6379/0"``), for errors; two stores of
+    #: one app with the same location and key prefix are refused. ``None``: nowhere shared.
+    location: str | None = None
 
     def bind(self, *, name: str, instance_path: str) -> None:
         """Called once at ``init_app`` with the store's cookie name and the app's paths.
@@ -64,50 +123,58 @@ class Backend(ABC):
         """
         self.name = name
 
-    def unreadable(self, key: str, reason: str) -> None:
-        """Log a record this library cannot read; ``load`` then returns ``None`` for it.
-
-        Records another library left (a Redis string where a hash belongs, a document of
-        another shape) or that were damaged read as no session, never as an error; the next
-        write replaces them.
-        """
-        logger.warning(
-            "session store %r: unreadable record %r read as no session (%s)",
-            self.name, masked(key), reason,
-        )
-
     def check_key_prefix(self, prefix: str) -> None:
         """Raise ``ValueError`` at ``init_app`` if ``prefix + id`` is no valid key here."""
         limit = self.max_key_length
         if limit is not None and len(prefix.encode("utf-8")) + ID_LENGTH > limit:
             raise ValueError(f"too long: keys must fit in {limit} bytes")
 
+    def unreadable(self, key: str, reason: str) -> None:
+        """Log a record this library cannot read; ``load`` then returns ``None`` for it."""
+        logger.warning(
+            "session store %r: unreadable record %r read as no session (%s)",
+            self.name, masked(key), reason,
+        )
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the store holds outside any event loop."""
+
+
+class Backend(Store, ABC):
+    """A server-side store: records under ``key_prefix + session id``, async I/O."""
+
+    #: Whether concurrent writes of different fields all survive (see the module docstring).
+    merges_fields: ClassVar[bool] = True
+
     @abstractmethod
     async def load(self, key: str, *, touch: bool) -> Record | None:
-        """The record under ``key``, or ``None`` if absent or expired.
-
-        With ``touch`` the store's expiry restarts from now, in the same round trip where
-        the store allows it.
-        """
+        """The record under ``key``; ``None`` if absent, expired or unreadable."""
 
     @abstractmethod
-    async def store(
-        self,
-        key: str,
-        changed: Mapping[str, bytes],
-        removed: Collection[str],
-        *,
-        permanent: bool,
-        ttl: int,
-    ) -> None:
-        """Write ``changed`` fields, drop ``removed`` ones, and set the expiry to ``ttl``."""
+    async def store(self, key: str, write: Write) -> bool:
+        """Apply ``write``; ``False`` if the record it updates no longer exists."""
 
     @abstractmethod
     async def delete(self, key: str) -> None:
         """Remove the record under ``key``; a missing record is not an error."""
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
-        """Release what the backend holds outside any event loop."""
+
+class ClientSideBackend(Store, ABC):
+    """A cookie store: the session travels in its cookie, encoded and decoded, no I/O."""
+
+    @abstractmethod
+    def encode(self, fields: Mapping[str, bytes], *, permanent: bool,
+               secret_keys: Sequence[str | bytes]) -> str:
+        """The cookie value holding ``fields``."""
+
+    @abstractmethod
+    def decode(
+        self, value: str, *, max_age: int, secret_keys: Sequence[str | bytes]
+    ) -> tuple[Record, float] | None:
+        """The record in a cookie value and when it was encoded (Unix time).
+
+        ``None`` if the value was tampered with, is older than ``max_age`` or is malformed.
+        """
 
 
 def masked(key: str) -> str:
@@ -201,33 +268,3 @@ async def run_blocking(func: Callable[..., T], *args: Any) -> T:
     if loop is not None:
         return await loop.run_in_executor(None, func, *args)
     return await anyio.to_thread.run_sync(func, *args)
-
-
-class ClientSideBackend(Backend):
-    """A store that keeps the session in its cookie: encoding and decoding, no I/O."""
-
-    client_side = True
-
-    @abstractmethod
-    def encode(self, fields: Mapping[str, bytes], *, permanent: bool,
-               secret_keys: Sequence[str | bytes]) -> str:
-        """The cookie value holding ``fields``."""
-
-    @abstractmethod
-    def decode(
-        self, value: str, *, max_age: int, secret_keys: Sequence[str | bytes]
-    ) -> tuple[Record, float] | None:
-        """The record in a cookie value and when it was encoded (Unix time).
-
-        ``None`` if the value was tampered with, is older than ``max_age`` or is malformed.
-        """
-
-    async def load(self, key: str, *, touch: bool) -> Record | None:
-        raise TypeError("a client-side store is read with decode()")
-
-    async def store(self, key: str, changed: Mapping[str, bytes], removed: Collection[str],
-                    *, permanent: bool, ttl: int) -> None:
-        raise TypeError("a client-side store is written with encode()")
-
-    async def delete(self, key: str) -> None:
-        raise TypeError("a client-side store is deleted by clearing its cookie")
