@@ -1,0 +1,110 @@
+"""The engine's plans are data: inspectable without an app, a server or an event loop."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from asyncsessions import Backend, Record, Write
+from asyncsessions.config import parse_config
+from asyncsessions.engine import Engine
+from asyncsessions.session import MultiStoreSession, StoreState
+from asyncsessions.serialization import dumps
+
+KEYS = ("secret",)
+SID = "A" * 43
+
+
+class Nowhere(Backend):
+    """A store that must never be called: planning does no I/O."""
+
+    def __init__(self, location: str | None = None) -> None:
+        self.location = location
+
+    async def load(self, key: str, *, touch: bool) -> Record | None:
+        raise AssertionError("planning did I/O")
+
+    async def store(self, key: str, write: Write) -> bool:
+        raise AssertionError("planning did I/O")
+
+    async def delete(self, key: str) -> None:
+        raise AssertionError("planning did I/O")
+
+
+def engine(**entry: Any) -> Engine:
+    stores = parse_config(
+        {"SESSION_CONFIG": [{"cookie_name": "s", "session_type": Nowhere(), **entry}]},
+        instance_path="/nonexistent",
+    )
+    return Engine(stores, refresh_each_request=False)
+
+
+def loaded_session(fields: dict[str, Any], permanent: bool = False) -> MultiStoreSession:
+    state = StoreState(sid=SID, cookie=SID, loaded={k: dumps(v) for k, v in fields.items()},
+                       loaded_permanent=permanent)
+    return MultiStoreSession(dict(fields), [state], permanent)
+
+
+def test_a_change_plans_one_conditional_write_of_that_field() -> None:
+    session = loaded_session({"a": 1, "b": [2]})
+    session["b"].append(3)
+    before = copy.deepcopy(session.states)
+    plan = engine().plan_save(session, KEYS)
+    (op,) = plan.ops
+    assert (op.kind, op.key) == ("store", "session:" + SID)
+    assert op.write == Write({"b": b"[2,3]"}, [], None, None, create=False)
+    assert plan.cookies == []  # same id, browser session: nothing to re-send
+    assert session.states == before  # planning changed nothing
+
+
+def test_a_new_session_plans_a_create_with_its_flag_and_a_cookie() -> None:
+    session = MultiStoreSession(None, [StoreState()])
+    session["a"] = 1
+    session.permanent = True
+    plan = engine(session_permanent_lifetime=600).plan_save(session, KEYS)
+    (op,) = plan.ops
+    assert op.write is not None
+    assert (op.write.create, op.write.permanent, op.write.ttl) == (True, True, 600)
+    (cookie,) = plan.cookies
+    assert cookie.value is not None
+    assert op.key == "session:" + cookie.value
+    assert cookie.after is op  # the cookie is sent only if that write lands
+    assert session.states[0].sid is None
+
+
+def test_emptying_plans_a_removal_not_a_delete() -> None:
+    session = loaded_session({"a": 1})
+    session.clear()
+    plan = engine().plan_save(session, KEYS)
+    (op,) = plan.ops
+    assert op.kind == "store"
+    assert op.write == Write({}, ["a"])
+    assert [c.value for c in plan.cookies] == [None]
+
+
+def test_regenerate_plans_delete_then_create_and_leaves_the_state() -> None:
+    session = loaded_session({"a": 1})
+    session.regenerate()
+    plan = engine().plan_save(session, KEYS)
+    delete, create = plan.ops
+    assert (delete.kind, delete.key) == ("delete", "session:" + SID)
+    assert create.write is not None
+    assert create.write.create
+    assert create.key != delete.key
+    assert session.states[0].sid == SID
+    assert session.states[0].loaded == {"a": b"1"}
+
+
+def test_two_stores_on_one_server_with_one_prefix_are_refused() -> None:
+    config = {"SESSION_CONFIG": [
+        {"cookie_name": "a", "session_type": Nowhere("redis://127.0.0.1:6379/0")},
+        {"cookie_name": "b", "session_type": Nowhere("redis://127.0.0.1:6379/0")},
+    ]}
+    with pytest.raises(ValueError, match=r"SESSION_CONFIG\[1\] 'key_prefix'.*already used by "
+                                         r"SESSION_CONFIG\[0\]") as info:
+        parse_config(config, instance_path="/nonexistent")
+    assert type(info.value) is ValueError  # no private class in the user's traceback
+    config["SESSION_CONFIG"][1]["key_prefix"] = "other:"
+    assert len(parse_config(config, instance_path="/nonexistent")) == 2
