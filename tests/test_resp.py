@@ -21,7 +21,7 @@ import redis.exceptions
 from redis.credentials import UsernamePasswordCredentialProvider
 
 from asyncsessions.backends import resp
-from asyncsessions.backends.base import close_loop_clients
+from asyncsessions.backends.base import Write, close_loop_clients
 from asyncsessions.backends.redis import RedisBackend, _FastClient
 from asyncsessions.backends.resp import RespClient
 
@@ -207,10 +207,11 @@ def test_store_url_with_credentials_db_and_client_name(
     port, admin = locked_server
     name = unique()
     backend = RedisBackend(url=f"redis://alice:wonder@127.0.0.1:{port}/3?client_name={name}")
+    assert backend.location == f"redis://127.0.0.1:{port}/3"  # named in errors: no secret
 
     async def main() -> Any:
         assert isinstance(backend.client, _FastClient)
-        await backend.store("s:1", {"a": b"1"}, [], permanent=True, ttl=60)
+        assert await backend.store("s:1", Write({"a": b"1"}, (), True, 60, create=True))
         names = [c.get("name") for c in admin.client_list()]
         record = await backend.load("s:1", touch=True)
         await close_loop_clients()
@@ -336,8 +337,8 @@ def test_a_store_timeout_never_hands_one_session_another_sessions_record(
     backend = RedisBackend(url=redis_server.url)
 
     async def main() -> tuple[Any, Any]:
-        await backend.store(f"{prefix}:a", {"who": b"a"}, [], permanent=False, ttl=60)
-        await backend.store(f"{prefix}:b", {"who": b"b"}, [], permanent=False, ttl=60)
+        await backend.store(f"{prefix}:a", Write({"who": b"a"}, (), False, 60, create=True))
+        await backend.store(f"{prefix}:b", Write({"who": b"b"}, (), False, 60, create=True))
         await backend.load(f"{prefix}:b", touch=True)  # the script is cached: EVALSHA answers
         admin.client_pause(300)
         with pytest.raises(TimeoutError), anyio.fail_after(0.05):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import flask
@@ -11,9 +12,11 @@ import pytest
 import quart
 import redis
 import redis.asyncio
+from redis.asyncio.cluster import ClusterNode
 
 from asyncsessions import Session, SessionCookieTooLarge
 from asyncsessions.backends.base import close_loop_clients
+from asyncsessions.backends.redis import RedisBackend
 
 
 def cookie_app(**config: Any) -> flask.Flask:
@@ -134,6 +137,23 @@ def test_write_is_one_round_trip_touching_only_changed_fields(
     assert 0 < probe.ttl(key) <= 86400
 
 
+def test_emptying_a_session_is_one_redis_round_trip_that_deletes_it(
+    make_driver: Any, redis_server: Any
+) -> None:
+    d = make_driver({"SESSION_CONFIG": [{"cookie_name": "sid", "session_type": "redis",
+                                         "url": redis_server.url, "key_prefix": "e:"}]})
+    probe = redis.Redis.from_url(redis_server.url)
+    for empty in ({"action": "del", "data": {"a": 1, "b": 1}}, {"action": "clear"}):
+        d.post("set", {"a": 1, "b": 2})
+        key = "e:" + d.cookies()["sid"]
+        probe.config_resetstat()
+        d.post(**empty)
+        # The removal of what was loaded, in the store's script: no separate DEL.
+        assert probe.info("commandstats")["cmdstat_evalsha"]["calls"] == 2, empty
+        assert not probe.exists(key), empty
+        assert "sid" not in d.cookies(), empty
+
+
 def test_permanent_session_gets_the_permanent_ttl(make_driver: Any, redis_server: Any) -> None:
     d = make_driver({"SESSION_CONFIG": [{"cookie_name": "sid", "session_type": "redis",
                                          "url": redis_server.url, "key_prefix": "p:",
@@ -166,6 +186,50 @@ def test_client_instances(make_driver: Any, request: pytest.FixtureRequest, kind
     assert d.show() == {"a": repr("ünïcode survives decode_responses")}
     if kind == "cluster":
         asyncio.run(client.aclose())
+
+
+@pytest.mark.parametrize(("options", "location"), [
+    (dict, "redis://127.0.0.1:6379/0"),
+    (lambda: {"url": "redis://alice:secret@h:7/3?client_name=x"}, "redis://h:7/3"),
+    (lambda: {"url": "redis://h?db=4"}, "redis://h:6379/4"),
+    (lambda: {"url": "rediss://:secret@h"}, "rediss://h:6379/0"),
+    (lambda: {"url": "unix:///run/r.sock?db=2&password=secret"}, "unix:///run/r.sock?db=2"),
+    (lambda: {"url": "redis://[::1]:6380"}, "redis://[::1]:6380/0"),
+    (lambda: {"url": "redis://:secret@c:7000/0", "cluster": True}, "redis://c:7000"),
+    (lambda: {"client": redis.Redis(host="a", port=2, db=5, password="secret")},
+     "redis://a:2/5"),
+    (lambda: {"client": redis.asyncio.Redis(host="b", ssl=True, password="secret")},
+     "rediss://b:6379/0"),
+    (lambda: {"client": redis.asyncio.Redis(unix_socket_path="/run/r.sock")},
+     "unix:///run/r.sock?db=0"),
+    (lambda: {"client": redis.asyncio.RedisCluster(
+        startup_nodes=[ClusterNode("c1", 7000), ClusterNode("c2", 7001)], password="secret")},
+     "redis://c1:7000,c2:7001"),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_redis_location_names_server_and_db_never_credentials(
+    options: Callable[[], dict[str, Any]], location: str
+) -> None:
+    # The clients are never used: nothing connects, nothing needs closing.
+    assert RedisBackend(**options()).location == location
+
+
+def test_two_redis_stores_on_one_db_need_their_own_key_prefixes() -> None:
+    def entries(second: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"cookie_name": "a", "session_type": "redis", "session_fields": ["x"],
+                 "url": "redis://:one@127.0.0.1:6379/0"},
+                {"cookie_name": "b", "session_type": "redis", **second}]
+
+    app = flask.Flask(__name__)
+    # Another password, the same data: one store's id would load the other's record.
+    app.config["SESSION_CONFIG"] = entries(
+        {"client": redis.Redis(host="127.0.0.1", port=6379, password="two")}
+    )
+    with pytest.raises(ValueError, match=r"SESSION_CONFIG\[1\] 'key_prefix'.*redis://127"):
+        Session(app)
+    for apart in ({"url": "redis://127.0.0.1:6379/1"}, {"key_prefix": "other:"}):
+        app = flask.Flask(__name__)
+        app.config["SESSION_CONFIG"] = entries(apart)
+        Session(app)
 
 
 def test_quart_serving_lifecycle_and_websocket(redis_server: Any) -> None:

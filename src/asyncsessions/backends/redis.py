@@ -1,11 +1,12 @@
-"""Redis store: one hash per session, written field by field, expiry refreshed on the read."""
+"""Redis store: one hash per session, written field by field by a script that updates only a
+record still there, expiry refreshed on the read."""
 
 from __future__ import annotations
 
 import hashlib
 import inspect
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
@@ -16,7 +17,7 @@ from redis.asyncio.connection import parse_url
 from redis.exceptions import NoScriptError
 
 from . import resp
-from .base import ClientBackend, Record
+from .base import ClientBackend, Record, Write
 
 __all__ = ["RedisBackend"]
 
@@ -60,20 +61,44 @@ if ARGV[2] == '1' then
 end
 return data
 """
-# Field-level write: set what changed, drop what was removed, restart the expiry. A script
-# is atomic and single-key, so it behaves the same on a Redis Cluster.
+# One request's write, atomic and single-key (so the same on a Redis Cluster). ARGV: the two
+# metadata names, '1' to create, the TTL to restart the expiry with ('' for the record's
+# own), the number of field/value pairs to set (metadata included when the flag is set),
+# the pairs, then the names to drop. Returns 1, or 0 when there was no record to update.
 _STORE = b"""
--- Not a hash: another program's value under this session's key, which this write replaces.
-if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then redis.call('DEL', KEYS[1]) end
-local last = 2 + 2 * tonumber(ARGV[1])
+local key, ttl = KEYS[1], ARGV[4]
+if ARGV[3] == '1' then
+  -- A new id: anything under it is another program's, replaced and never merged with.
+  redis.call('DEL', key)
+else
+  -- Only a record that is still there and ours: one that a concurrent logout or
+  -- regenerate() deleted (or that expired) stays gone, and a foreign value stays as it is.
+  if redis.call('TYPE', key).ok ~= 'hash' then return 0 end
+  local meta = redis.call('HMGET', key, ARGV[1], ARGV[2])
+  local stored, flag = meta[1], meta[2]
+  if not (stored and #stored <= 15 and string.match(stored, '^[1-9]%d*$')
+          and (flag == '0' or flag == '1')) then
+    return 0
+  end
+  -- The request left the flag alone: keep the lifetime that goes with the stored flag,
+  -- which a concurrent request may have changed.
+  if ttl == '' then ttl = stored end
+end
+local last = 5 + 2 * tonumber(ARGV[5])
 -- In chunks: unpack() of thousands of arguments overflows Lua's stack.
-for i = 3, last, 1000 do
-  redis.call('HSET', KEYS[1], unpack(ARGV, i, math.min(i + 999, last)))
+for i = 6, last, 1000 do
+  redis.call('HSET', key, unpack(ARGV, i, math.min(i + 999, last)))
 end
 for i = last + 1, #ARGV, 1000 do
-  redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+  redis.call('HDEL', key, unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
+-- Only the two metadata fields left: the session is empty. Deciding here, after the
+-- write, lets a field another request added in the meantime keep the record alive.
+if redis.call('HLEN', key) <= 2 then
+  redis.call('DEL', key)
+else
+  redis.call('EXPIRE', key, ttl)
+end
 return 1
 """
 
@@ -123,12 +148,18 @@ class RedisBackend(ClientBackend[AsyncClient]):
             factory = redis.asyncio.RedisCluster if cluster else redis.asyncio.Redis
             fast = None if cluster else _fast_cloner_for_url(target)
             self._make: Callable[[], AsyncClient] = fast or (lambda: factory.from_url(target))
+            self.location = _url_location(target, cluster=cluster)
         elif isinstance(client, redis.asyncio.RedisCluster):
             self._make = _cluster_cloner(client)
+            self.location = _cluster_location(
+                client.connection_kwargs.get("connection_class"),
+                [(n.host, n.port) for n in client.startup_nodes],
+            )
         elif isinstance(client, (redis.asyncio.Redis, redis.Redis)):
             pool = client.connection_pool
             fast = _fast_cloner(pool.connection_class, pool.connection_kwargs)
             self._make = fast or _pool_cloner(client)
+            self.location = _server_location(pool.connection_class, pool.connection_kwargs)
         elif isinstance(client, redis.RedisCluster):
             known = client.nodes_manager.startup_nodes if hasattr(client, "nodes_manager") else {}
             nodes = ", ".join(f"ClusterNode({n.host!r}, {n.port})" for n in known.values())
@@ -158,21 +189,23 @@ class RedisBackend(ClientBackend[AsyncClient]):
             self.unreadable(key, str(exc))
             return None
 
-    async def store(
-        self,
-        key: str,
-        changed: Mapping[str, bytes],
-        removed: Collection[str],
-        *,
-        permanent: bool,
-        ttl: int,
-    ) -> None:
-        args: list[bytes | str | int] = [len(changed) + 2, ttl, _TTL, ttl,
-                                         _PERMANENT, b"1" if permanent else b"0"]
+    async def store(self, key: str, write: Write) -> bool:
+        changed = write.changed
+        args: list[bytes | str | int] = [_TTL, _PERMANENT, b"1" if write.create else b"0"]
+        if write.permanent is None:
+            if write.create:
+                raise ValueError("a new record needs its permanent flag and ttl")
+            args += (b"", len(changed))
+        elif write.ttl is None:
+            raise ValueError("a write that sets the permanent flag needs its ttl")
+        else:
+            args += (write.ttl, len(changed) + 2, _TTL, write.ttl,
+                     _PERMANENT, b"1" if write.permanent else b"0")
         for name, value in changed.items():
             args += (name, value)
-        args += removed
-        await _store(self.client, key, *args)
+        args += write.removed
+        written: int = await _store(self.client, key, *args)
+        return written == 1
 
     async def delete(self, key: str) -> None:
         await self.client.delete(key)
@@ -277,6 +310,44 @@ def _fast_cloner(
         ),
     }
     return lambda: _FastClient(host, port, **settings)
+
+
+# Where the records live, for errors and for telling two stores apart: a URL naming the
+# server (or a cluster's startup nodes) and the db, never credentials or client options.
+_SSL_CLASSES = (redis.asyncio.connection.SSLConnection, redis.connection.SSLConnection)
+
+
+def _address(host: Any, port: Any) -> str:
+    host, port = str(host or "localhost"), int(port or 6379)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _scheme(connection_class: Any) -> str:
+    ssl = isinstance(connection_class, type) and issubclass(connection_class, _SSL_CLASSES)
+    return "rediss" if ssl else "redis"
+
+
+def _server_location(connection_class: Any, kwargs: Mapping[str, Any]) -> str:
+    db = int(kwargs.get("db") or 0)
+    if kwargs.get("path"):
+        return f"unix://{kwargs['path']}?db={db}"
+    return f"{_scheme(connection_class)}://{_address(kwargs.get('host'), kwargs.get('port'))}/{db}"
+
+
+def _cluster_location(connection_class: Any, nodes: list[tuple[Any, Any]]) -> str:
+    return f"{_scheme(connection_class)}://" + ",".join(_address(h, p) for h, p in nodes)
+
+
+def _url_location(url: str, *, cluster: bool) -> str:
+    try:
+        kwargs = parse_url(url)
+    except ValueError:
+        # redis-py reports the URL at first use; its credentials stay out of the location.
+        return re.sub(r"//[^/]*@", "//", url, count=1)
+    connection_class = kwargs.pop("connection_class", None)
+    if cluster:
+        return _cluster_location(connection_class, [(kwargs.get("host"), kwargs.get("port"))])
+    return _server_location(connection_class, kwargs)
 
 
 def _fast_cloner_for_url(url: str) -> Callable[[], AsyncClient] | None:
