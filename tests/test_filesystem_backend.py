@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -14,8 +15,9 @@ from typing import Any
 import anyio
 import pytest
 
-from asyncsessions.backends.base import Record, masked
-from asyncsessions.backends.filesystem import FilesystemBackend, _cleanup, _file_name
+from asyncsessions.backends.base import Record, Write, masked
+from asyncsessions.backends.filesystem import FilesystemBackend, _cleanup, _file_name, _replace
+from asyncsessions.config import parse_config
 from asyncsessions.ids import new_id
 
 pytestmark = pytest.mark.anyio
@@ -61,26 +63,27 @@ async def test_round_trip(backend: FilesystemBackend) -> None:
         "odd name/..:": b"[1,2]",
         "not utf-8": b"\xff\x00\xed\xa0\x80",
     }
-    await backend.store(KEY, fields, (), permanent=True, ttl=60)
+    await backend.store(KEY, Write(fields, (), True, 60, create=True))
     assert await backend.load(KEY, touch=False) == Record(fields, permanent=True)
     assert await backend.load("session:" + "y" * 43, touch=False) is None
 
 
 async def test_store_merges_and_removes_fields(backend: FilesystemBackend) -> None:
-    await backend.store(KEY, {"a": b"1", "b": b"2"}, (), permanent=True, ttl=60)
-    await backend.store(KEY, {"c": b"3"}, ["a", "missing"], permanent=False, ttl=60)
+    await backend.store(KEY, Write({"a": b"1", "b": b"2"}, (), True, 60, create=True))
+    await backend.store(KEY, Write({"c": b"3"}, ["a", "missing"], False, 60))
     assert await backend.load(KEY, touch=False) == Record({"b": b"2", "c": b"3"})
 
 
 async def test_concurrent_stores_keep_every_field(directory: Path) -> None:
     # Two instances on one directory stand in for two worker processes.
     backends = [FilesystemBackend(directory=directory) for _ in range(2)]
+    await backends[0].store(KEY, Write({"f0": b"0"}, (), False, 60, create=True))
 
     async def set_field(i: int) -> None:
-        await backends[i % 2].store(KEY, {f"f{i}": str(i).encode()}, (), permanent=False, ttl=60)
+        assert await backends[i % 2].store(KEY, Write({f"f{i}": str(i).encode()}))
 
     async with anyio.create_task_group() as tg:
-        for i in range(100):
+        for i in range(1, 100):
             tg.start_soon(set_field, i)
     record = await backends[0].load(KEY, touch=False)
     assert record is not None
@@ -90,15 +93,22 @@ async def test_concurrent_stores_keep_every_field(directory: Path) -> None:
 async def test_expired_record_reads_as_none_and_is_not_merged(
     backend: FilesystemBackend, directory: Path
 ) -> None:
-    await backend.store(KEY, {"a": b"1"}, (), permanent=False, ttl=1)
-    age(only_record(directory), 2)
+    await backend.store(KEY, Write({"a": b"1"}, (), False, 1, create=True))
+    path = only_record(directory)
+    age(path, 2)
+    content = path.read_bytes()
     assert await backend.load(KEY, touch=True) is None
-    await backend.store(KEY, {"b": b"2"}, (), permanent=False, ttl=1)
+    # An update of an expired record is refused: it stays dead, left to the cleanup.
+    assert await backend.store(KEY, Write({"b": b"2"}, (), False, 60)) is False
+    assert await backend.store(KEY, Write({}, ["a"])) is False
+    assert path.read_bytes() == content
+    assert await backend.load(KEY, touch=False) is None
+    await backend.store(KEY, Write({"b": b"2"}, (), False, 1, create=True))
     assert await backend.load(KEY, touch=False) == Record({"b": b"2"})
 
 
 async def test_touch_restarts_expiry(backend: FilesystemBackend, directory: Path) -> None:
-    await backend.store(KEY, {"a": b"1"}, (), permanent=False, ttl=10)
+    await backend.store(KEY, Write({"a": b"1"}, (), False, 10, create=True))
     path = only_record(directory)
     age(path, 8)
     before = path.stat().st_mtime
@@ -129,7 +139,7 @@ async def test_garbage_file_reads_as_none(
     backend: FilesystemBackend, directory: Path, content: bytes,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    await backend.store(KEY, {"a": b"1"}, (), permanent=False, ttl=60)
+    await backend.store(KEY, Write({"a": b"1"}, (), False, 60, create=True))
     only_record(directory).write_bytes(content)
     with caplog.at_level(logging.WARNING, logger="asyncsessions"):
         assert await backend.load(KEY, touch=True) is None
@@ -137,12 +147,16 @@ async def test_garbage_file_reads_as_none(
     warned = f"unreadable record {masked(KEY)!r} read as no session" in caplog.text
     assert warned == bool(content)
     assert only_record(directory).read_bytes() == content  # a read never destroys it
-    await backend.store(KEY, {"b": b"2"}, (), permanent=False, ttl=60)
+    # Not a session of ours: an update finds it gone and leaves it as it is.
+    assert await backend.store(KEY, Write({"b": b"2"}, (), False, 60)) is False
+    assert await backend.store(KEY, Write({}, ["a"])) is False
+    assert only_record(directory).read_bytes() == content
+    assert await backend.store(KEY, Write({"b": b"2"}, (), False, 60, create=True))  # replaced
     assert await backend.load(KEY, touch=False) == Record({"b": b"2"})
 
 
 async def test_file_and_directory_modes(backend: FilesystemBackend, directory: Path) -> None:
-    await backend.store(KEY, {"a": b"1"}, (), permanent=False, ttl=60)
+    await backend.store(KEY, Write({"a": b"1"}, (), False, 60, create=True))
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     assert stat.S_IMODE(only_record(directory).stat().st_mode) == 0o600
 
@@ -152,7 +166,7 @@ async def test_hostile_keys_stay_inside_the_directory_and_never_collide(
 ) -> None:
     keys = ["../" * 5 + "etc/passwd", "..", ".", "/", "a/b", "a%2Fb", "a_b", "a:b", "k" * 1000, ""]
     for i, key in enumerate(keys):
-        await backend.store(key, {"i": str(i).encode()}, (), permanent=False, ttl=60)
+        await backend.store(key, Write({"i": str(i).encode()}, (), False, 60, create=True))
     for i, key in enumerate(keys):
         assert await backend.load(key, touch=False) == Record({"i": str(i).encode()})
     assert [p.parent for p in tmp_path.rglob("*") if p.is_file()] == [directory] * len(keys)
@@ -163,7 +177,7 @@ async def test_cleanup_removes_only_dead_files(directory: Path) -> None:
     backend = FilesystemBackend(directory=directory, cleanup_every=1)
 
     async def store(key: str, ttl: int) -> None:
-        await backend.store(key, {"a": b"1"}, (), permanent=False, ttl=ttl)
+        await backend.store(key, Write({"a": b"1"}, (), False, ttl, create=True))
         assert backend._cleaner is not None
         backend._cleaner.join(timeout=5)
 
@@ -185,7 +199,7 @@ async def test_cleanup_failure_never_fails_a_store(
 ) -> None:
     backend = FilesystemBackend(directory=directory, cleanup_every=1)
     (directory / "a-directory.session").mkdir(parents=True)
-    await backend.store(KEY, {"a": b"1"}, (), permanent=False, ttl=60)
+    await backend.store(KEY, Write({"a": b"1"}, (), False, 60, create=True))
     assert backend._cleaner is not None
     backend._cleaner.join(timeout=5)
     assert "a-directory.session" in caplog.text
@@ -196,12 +210,14 @@ async def test_removed_directory_is_made_again(
     directory: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     backend = FilesystemBackend(directory=directory, cleanup_every=1)
-    await backend.store(KEY, {"a": b"1"}, (), permanent=False, ttl=60)
+    await backend.store(KEY, Write({"a": b"1"}, (), False, 60, create=True))
     shutil.rmtree(directory)
     with caplog.at_level(logging.WARNING):
         assert await backend.load(KEY, touch=True) is None
         _cleanup(str(directory))  # a cleanup thread that started just before the removal
-        await backend.store(KEY, {"b": b"2"}, (), permanent=False, ttl=60)
+        assert await backend.store(KEY, Write({"a": b"2"})) is False  # its record went too
+        assert not directory.exists()
+        await backend.store(KEY, Write({"b": b"2"}, (), False, 60, create=True))
         assert backend._cleaner is not None
         backend._cleaner.join(timeout=5)
     assert caplog.text == ""
@@ -211,7 +227,7 @@ async def test_removed_directory_is_made_again(
 
 async def test_delete(backend: FilesystemBackend, directory: Path) -> None:
     await backend.delete(KEY)  # nothing there, not even the directory
-    await backend.store(KEY, {"a": b"1"}, (), permanent=False, ttl=60)
+    await backend.store(KEY, Write({"a": b"1"}, (), False, 60, create=True))
     await backend.delete(KEY)
     await backend.delete(KEY)
     assert await backend.load(KEY, touch=False) is None
@@ -221,8 +237,8 @@ async def test_delete(backend: FilesystemBackend, directory: Path) -> None:
 async def test_removing_every_field_deletes_the_file(
     backend: FilesystemBackend, directory: Path
 ) -> None:
-    await backend.store(KEY, {"a": b"1", "b": b"2"}, (), permanent=False, ttl=60)
-    await backend.store(KEY, {}, ["a", "b"], permanent=False, ttl=60)
+    await backend.store(KEY, Write({"a": b"1", "b": b"2"}, (), False, 60, create=True))
+    assert await backend.store(KEY, Write({}, ["a", "b"])) is True
     assert await backend.load(KEY, touch=False) is None
     assert list(directory.iterdir()) == []
 
@@ -232,7 +248,7 @@ async def test_bind_defaults_to_the_instance_path(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="directory"):
         await backend.load(KEY, touch=False)
     backend.bind(name="session", instance_path=str(tmp_path))
-    await backend.store(KEY, {"a": b"1"}, (), permanent=False, ttl=60)
+    await backend.store(KEY, Write({"a": b"1"}, (), False, 60, create=True))
     assert records(tmp_path / "asyncsessions" / "session") != []
 
 
@@ -259,6 +275,140 @@ def test_invalid_options_name_the_option(
     [name] = options
     with pytest.raises(error, match=name):
         FilesystemBackend(**options)  # type: ignore[arg-type]
+
+
+# -- updates apply only to a record that still exists, under its lock -------------------------
+
+
+@pytest.mark.parametrize(
+    "write", [Write({"a": b"2"}), Write({"a": b"2"}, (), True, 600), Write({}, ["a"])],
+    ids=["update", "flag", "emptying"],
+)
+async def test_update_of_a_deleted_record_is_refused(directory: Path, write: Write) -> None:
+    backend, other = FilesystemBackend(directory=directory), FilesystemBackend(directory=directory)
+    await backend.store(KEY, Write({"a": b"1"}, (), False, 60, create=True))
+    assert await backend.load(KEY, touch=True) is not None  # this request's load
+    await other.delete(KEY)  # a concurrent logout or regenerate()
+    assert await backend.store(KEY, write) is False
+    assert list(directory.iterdir()) == []  # nothing resurrected, not even an empty file
+    assert await backend.load(KEY, touch=False) is None
+
+
+async def test_update_never_makes_the_directory(directory: Path) -> None:
+    backend = FilesystemBackend(directory=directory)
+    assert await backend.store(KEY, Write({"a": b"1"}, (), False, 60)) is False
+    assert not directory.exists()
+
+
+async def test_field_written_while_emptying_waits_keeps_the_record(
+    backend: FilesystemBackend, directory: Path
+) -> None:
+    await backend.store(KEY, Write({"a": b"1"}, (), True, 600, create=True))
+    path = only_record(directory)
+    # Another writer holds the lock, and adds a field the emptying request never loaded.
+    with open(path, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        async with anyio.create_task_group() as tg:
+            emptied: list[bool] = []
+
+            async def empty() -> None:
+                emptied.append(await backend.store(KEY, Write({}, ["a"])))
+
+            tg.start_soon(empty)
+            await anyio.sleep(0.2)  # the emptying write is waiting for the lock
+            assert not emptied
+            stored = json.loads(path.read_bytes())
+            stored["fields"]["b"] = "2"
+            _replace(str(path), json.dumps(stored).encode())
+            fcntl.flock(held, fcntl.LOCK_UN)
+    assert emptied == [True]
+    assert await backend.load(KEY, touch=False) == Record({"b": b"2"}, permanent=True)
+
+
+async def test_emptying_races_writers_and_every_answer_is_true(directory: Path) -> None:
+    # Requests that each load the session and add a field, racing one that empties it: a
+    # writer told True has its field in the record, a writer told False has nothing there.
+    backends = [FilesystemBackend(directory=directory) for _ in range(2)]
+    await backends[0].store(KEY, Write({"a": b"1"}, (), False, 60, create=True))
+    answers: dict[str, bool] = {}
+
+    async def request(i: int) -> None:
+        backend = backends[i % 2]
+        if await backend.load(KEY, touch=True) is None:
+            return  # emptied already: this request sees no session
+        await anyio.sleep(0.001 * (i % 4))
+        if i == 5:
+            assert await backend.store(KEY, Write({}, ["a"]))
+        else:
+            answers[f"f{i}"] = await backend.store(KEY, Write({f"f{i}": b"1"}))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(30):
+            tg.start_soon(request, i)
+    record = await backends[0].load(KEY, touch=False)
+    kept = set(record.fields) if record is not None else set()
+    assert "a" not in kept
+    assert kept == {name for name, written in answers.items() if written}
+    assert [p.name for p in directory.iterdir()] == ([_file_name(KEY)] if kept else [])
+
+
+async def test_write_without_the_flag_keeps_the_stored_one_and_its_own_ttl(
+    backend: FilesystemBackend, directory: Path
+) -> None:
+    await backend.store(KEY, Write({"a": b"1"}, (), False, 100, create=True))
+    assert await backend.load(KEY, touch=True) is not None  # this request's load
+    # A concurrent request makes the session permanent, with the permanent lifetime.
+    other = FilesystemBackend(directory=directory)
+    assert await other.store(KEY, Write({}, (), True, 1000))
+    path = only_record(directory)
+    age(path, 900)  # most of that lifetime has passed
+    assert await backend.store(KEY, Write({"b": b"2"}))  # this request did not touch the flag
+    assert await backend.load(KEY, touch=False) == Record({"a": b"1", "b": b"2"}, permanent=True)
+    stored = json.loads(path.read_bytes())
+    assert (stored["ttl"], stored["permanent"]) == (1000, True)
+    assert time.time() - path.stat().st_mtime < 5  # its own ttl, from now
+    age(path, 999)
+    assert await backend.load(KEY, touch=False) is not None
+
+
+async def test_write_that_sets_the_flag_stores_it_with_its_ttl(
+    backend: FilesystemBackend, directory: Path
+) -> None:
+    await backend.store(KEY, Write({"a": b"1"}, (), True, 1000, create=True))
+    assert await backend.store(KEY, Write({}, (), False, 100))
+    assert await backend.load(KEY, touch=False) == Record({"a": b"1"}, permanent=False)
+    assert json.loads(only_record(directory).read_bytes())["ttl"] == 100
+    with pytest.raises(ValueError, match="ttl"):
+        await backend.store(KEY, Write({"a": b"2"}, (), True))
+    with pytest.raises(ValueError, match="ttl"):
+        await backend.store(KEY, Write({"a": b"2"}, create=True))
+    assert await backend.load(KEY, touch=False) == Record({"a": b"1"}, permanent=False)
+
+
+async def test_new_id_replaces_a_record_found_under_it(
+    backend: FilesystemBackend, directory: Path
+) -> None:
+    await backend.store(KEY, Write({"old": b"1"}, (), True, 60, create=True))
+    assert await backend.store(KEY, Write({"a": b"1"}, (), False, 60, create=True))
+    assert await backend.load(KEY, touch=False) == Record({"a": b"1"})  # replaced, not merged
+
+
+def test_location_is_the_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert FilesystemBackend(directory="s").location == str(tmp_path / "s")
+    backend = FilesystemBackend()
+    assert backend.location is None
+    backend.bind(name="session", instance_path=str(tmp_path))
+    assert backend.location == str(tmp_path / "asyncsessions" / "session")
+
+
+def test_two_stores_in_one_directory_need_their_own_prefixes(tmp_path: Path) -> None:
+    entry = {"session_type": "filesystem", "directory": str(tmp_path), "key_prefix": "s:"}
+    config = {"SESSION_CONFIG": [{"cookie_name": "a", **entry}, {"cookie_name": "b", **entry}]}
+    with pytest.raises(ValueError, match=r"SESSION_CONFIG\[1\] 'key_prefix': "):
+        parse_config(config, instance_path=str(tmp_path))
+    config["SESSION_CONFIG"][1]["key_prefix"] = "t:"
+    parse_config(config, instance_path=str(tmp_path))
 
 
 # -- through Flask and Quart ------------------------------------------------------------------

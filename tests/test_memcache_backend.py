@@ -21,7 +21,7 @@ import pytest
 
 from apps import Driver
 from asyncsessions import Session
-from asyncsessions.backends.base import Record, close_loop_clients, masked
+from asyncsessions.backends.base import Record, Write, close_loop_clients, masked
 from asyncsessions.backends.memcache import MemcacheBackend, _Remembered
 from asyncsessions.config import parse_config
 from asyncsessions.ids import new_id
@@ -130,7 +130,7 @@ def remaining_ttl(server: MemcachedServer, key: str) -> int | None:
 @pytest.mark.anyio
 async def test_round_trip(backend: MemcacheBackend, key: str, prefix: str) -> None:
     fields = {"user_id": b"42", "name": '"Zoë"'.encode(), "cart": b'[1,{" t":[2,null]}]'}
-    await backend.store(key, fields, (), permanent=True, ttl=60)
+    await backend.store(key, Write(fields, (), True, 60, create=True))
     assert await backend.load(key, touch=False) == Record(fields, permanent=True)
     assert await backend.load(key, touch=True) == Record(fields, permanent=True)
     missing = prefix + secrets.token_urlsafe(32)
@@ -139,19 +139,23 @@ async def test_round_trip(backend: MemcacheBackend, key: str, prefix: str) -> No
 
 
 @pytest.mark.anyio
-async def test_store_merges_and_removes_fields(backend: MemcacheBackend, key: str) -> None:
-    await backend.store(key, {"a": b"1", "b": b"2"}, (), permanent=True, ttl=60)
-    await backend.store(key, {"c": b"3"}, ["a", "missing"], permanent=False, ttl=60)
+async def test_store_merges_and_removes_fields(
+    backend: MemcacheBackend, memcached_server: MemcachedServer, key: str
+) -> None:
+    assert await backend.store(key, Write({"a": b"1", "b": b"2"}, (), True, 60, create=True))
+    assert await backend.store(key, Write({"c": b"3"}, ["a", "missing"], False, 60))
     assert await backend.load(key, touch=False) == Record({"b": b"2", "c": b"3"})
-    await backend.store(key, {}, ["b", "c"], permanent=False, ttl=60)
+    assert await backend.store(key, Write({}, ["b", "c"]))
     assert await backend.load(key, touch=True) is None
+    assert remaining_ttl(memcached_server, key) is None  # deleted, not left empty
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("create", [True, False])
 async def test_removing_from_no_record_writes_nothing(
-    backend: MemcacheBackend, memcached_server: MemcachedServer, key: str
+    backend: MemcacheBackend, memcached_server: MemcachedServer, key: str, create: bool
 ) -> None:
-    await backend.store(key, {}, ["a"], permanent=False, ttl=60)
+    assert await backend.store(key, Write({}, ["a"], False, 60, create=create)) is create
     assert remaining_ttl(memcached_server, key) is None
 
 
@@ -162,14 +166,15 @@ async def test_concurrent_stores_keep_every_field(
     # Two instances, each with its own connections, stand in for two worker processes.
     backends = [MemcacheBackend(host=memcached_server.host, port=memcached_server.port)
                 for _ in range(2)]
+    await backends[0].store(key, Write({"f0": b"0"}, (), False, 60, create=True))
     before = stats(memcached_server)
 
     async def set_field(i: int) -> None:
-        await backends[i % 2].store(key, {f"f{i}": b"%d" % i}, (), permanent=False, ttl=60)
+        assert await backends[i % 2].store(key, Write({f"f{i}": b"%d" % i}))
 
     try:
         async with anyio.create_task_group() as tg:
-            for i in range(30):
+            for i in range(1, 30):
                 tg.start_soon(set_field, i)
         record = await backends[0].load(key, touch=False)
     finally:
@@ -184,7 +189,7 @@ async def test_ttl_over_30_days(
     backend: MemcacheBackend, memcached_server: MemcachedServer, key: str, ttl: int
 ) -> None:
     # Sent as seconds, anything over 30 days would be a Unix time in 1970: gone at once.
-    await backend.store(key, {"a": b"1"}, (), permanent=True, ttl=ttl)
+    await backend.store(key, Write({"a": b"1"}, (), True, ttl, create=True))
     assert await backend.load(key, touch=False) == Record({"a": b"1"}, permanent=True)
     assert remaining_ttl(memcached_server, key) in range(ttl - 5, ttl + 2)
     raw(memcached_server, f"touch {key} 60\r\n".encode())
@@ -194,7 +199,7 @@ async def test_ttl_over_30_days(
 
 @pytest.mark.anyio
 async def test_short_ttl_expires(backend: MemcacheBackend, key: str) -> None:
-    await backend.store(key, {"a": b"1"}, (), permanent=False, ttl=1)
+    await backend.store(key, Write({"a": b"1"}, (), False, 1, create=True))
     assert await backend.load(key, touch=False) == Record({"a": b"1"})
     await anyio.sleep(2.5)  # memcached's clock ticks once a second
     assert await backend.load(key, touch=True) is None
@@ -204,7 +209,7 @@ async def test_short_ttl_expires(backend: MemcacheBackend, key: str) -> None:
 async def test_touch_is_one_gat_and_never_rewrites(
     backend: MemcacheBackend, memcached_server: MemcachedServer, key: str
 ) -> None:
-    await backend.store(key, {"a": b"1"}, (), permanent=False, ttl=100)
+    await backend.store(key, Write({"a": b"1"}, (), False, 100, create=True))
     raw(memcached_server, f"touch {key} 5\r\n".encode())
 
     before = stats(memcached_server)
@@ -224,7 +229,7 @@ async def test_touch_before_any_record_seen_is_get_then_touch(
     backend: MemcacheBackend, memcached_server: MemcachedServer, key: str
 ) -> None:
     writer = MemcacheBackend(host=memcached_server.host, port=memcached_server.port)
-    await writer.store(key, {"a": b"1"}, (), permanent=False, ttl=100)
+    await writer.store(key, Write({"a": b"1"}, (), False, 100, create=True))
     raw(memcached_server, f"touch {key} 5\r\n".encode())
     before = stats(memcached_server)
     assert await backend.load(key, touch=True) == Record({"a": b"1"})  # a fresh process
@@ -240,8 +245,8 @@ async def test_longer_lived_record_is_touched_to_its_own_ttl(
     backend: MemcacheBackend, memcached_server: MemcachedServer, prefix: str
 ) -> None:
     short, long = prefix + "s" * 43, prefix + "l" * 43
-    await backend.store(short, {"a": b"1"}, (), permanent=False, ttl=100)
-    await backend.store(long, {"a": b"2"}, (), permanent=True, ttl=1000)
+    await backend.store(short, Write({"a": b"1"}, (), False, 100, create=True))
+    await backend.store(long, Write({"a": b"2"}, (), True, 1000, create=True))
     for key, ttl, touches in [(long, 1000, 2), (short, 100, 1)]:
         raw(memcached_server, f"touch {key} 5\r\n".encode())
         before = stats(memcached_server)
@@ -258,11 +263,11 @@ async def test_longer_lived_record_is_touched_to_its_own_ttl(
 async def test_read_then_write_is_two_round_trips(
     backend: MemcacheBackend, memcached_server: MemcachedServer, key: str, touch: bool
 ) -> None:
-    await backend.store(key, {"a": b"1", "b": b"2"}, (), permanent=False, ttl=60)
+    await backend.store(key, Write({"a": b"1", "b": b"2"}, (), False, 60, create=True))
     sent = sent_commands(backend)
     before = stats(memcached_server)
     assert await backend.load(key, touch=touch) == Record({"a": b"1", "b": b"2"})
-    await backend.store(key, {"a": b"3"}, ["b"], permanent=False, ttl=60)
+    await backend.store(key, Write({"a": b"3"}, ["b"], False, 60))
     assert sent == [b"gats" if touch else b"gets", b"cas"]
     assert commands_since(memcached_server, before) == {
         "cmd_get": 0 if touch else 1, "cmd_touch": 1 if touch else 0, "cmd_set": 1}
@@ -273,9 +278,21 @@ async def test_read_then_write_is_two_round_trips(
 @pytest.mark.anyio
 async def test_new_session_is_one_add(backend: MemcacheBackend, key: str) -> None:
     sent = sent_commands(backend)
-    await backend.store(key, {"a": b"1"}, (), permanent=False, ttl=60)
+    assert await backend.store(key, Write({"a": b"1"}, (), False, 60, create=True))
     assert sent == [b"add"]
     assert await backend.load(key, touch=False) == Record({"a": b"1"})
+
+
+@pytest.mark.anyio
+async def test_write_without_a_remembered_item_is_gets_then_cas(
+    backend: MemcacheBackend, memcached_server: MemcachedServer, key: str
+) -> None:
+    writer = MemcacheBackend(host=memcached_server.host, port=memcached_server.port)
+    await writer.store(key, Write({"a": b"1"}, (), False, 60, create=True))
+    sent = sent_commands(backend)
+    assert await backend.store(key, Write({"b": b"2"}))  # its load ran in another process
+    assert sent == [b"gets", b"cas"]
+    assert await backend.load(key, touch=False) == Record({"a": b"1", "b": b"2"})
 
 
 @pytest.mark.anyio
@@ -283,15 +300,16 @@ async def test_new_session_is_one_add(backend: MemcacheBackend, key: str) -> Non
 async def test_write_between_load_and_store_loses_nothing(
     backend: MemcacheBackend, memcached_server: MemcachedServer, key: str, writer: str
 ) -> None:
-    await backend.store(key, {"a": b"1", "b": b"1", "gone": b"1"}, (), permanent=False, ttl=60)
+    fields = {"a": b"1", "b": b"1", "gone": b"1"}
+    await backend.store(key, Write(fields, (), False, 60, create=True))
     assert await backend.load(key, touch=True) == Record({"a": b"1", "b": b"1", "gone": b"1"})
     # Another request of the session writes after this one's load, before its store.
     other = (backend if writer == "same process"
              else MemcacheBackend(host=memcached_server.host, port=memcached_server.port))
-    await other.store(key, {"b": b"2", "c": b"2"}, (), permanent=False, ttl=60)
+    await other.store(key, Write({"b": b"2", "c": b"2"}, (), False, 60))
     sent = sent_commands(backend)
     before = stats(memcached_server)
-    await backend.store(key, {"a": b"3", "d": b"3"}, ["gone"], permanent=False, ttl=60)
+    await backend.store(key, Write({"a": b"3", "d": b"3"}, ["gone"], False, 60))
     # The loaded b=1 is stale: the merge starts from what gets read, never from the load.
     assert await backend.load(key, touch=False) == Record(
         {"a": b"3", "b": b"2", "c": b"2", "d": b"3"})
@@ -300,7 +318,7 @@ async def test_write_between_load_and_store_loses_nothing(
         assert cas_since(memcached_server, before)["cas_badval"] == 1  # the load's token
     else:
         # The other store took the loaded item (a consistent item and token all the same).
-        assert sent[:3] == [b"add", b"gets", b"cas"]
+        assert sent[:3] == [b"gets", b"cas", b"gets"]  # then the load above
         assert cas_since(memcached_server, before)["cas_badval"] == 0
 
 
@@ -308,13 +326,13 @@ async def test_write_between_load_and_store_loses_nothing(
 async def test_loaded_item_is_used_once(
     backend: MemcacheBackend, memcached_server: MemcachedServer, key: str
 ) -> None:
-    await backend.store(key, {"a": b"1"}, (), permanent=False, ttl=60)
+    await backend.store(key, Write({"a": b"1"}, (), False, 60, create=True))
     await backend.load(key, touch=True)
-    await backend.store(key, {"b": b"2"}, (), permanent=False, ttl=60)
+    await backend.store(key, Write({"b": b"2"}, (), False, 60))
     sent = sent_commands(backend)
     before = stats(memcached_server)
-    await backend.store(key, {"c": b"3"}, ["a"], permanent=False, ttl=60)
-    assert sent == [b"add", b"gets", b"cas"]  # no second cas with the load's token
+    await backend.store(key, Write({"c": b"3"}, ["a"], False, 60))
+    assert sent == [b"gets", b"cas"]  # no second cas with the load's token
     assert cas_since(memcached_server, before) == {"cas_hits": 1, "cas_badval": 0, "cas_misses": 0}
     assert await backend.load(key, touch=False) == Record({"b": b"2", "c": b"3"})
 
@@ -323,12 +341,12 @@ async def test_loaded_item_is_used_once(
 async def test_missing_and_deleted_records_are_forgotten(
     backend: MemcacheBackend, memcached_server: MemcachedServer, key: str
 ) -> None:
-    await backend.store(key, {"a": b"1"}, (), permanent=False, ttl=60)
+    await backend.store(key, Write({"a": b"1"}, (), False, 60, create=True))
     await backend.load(key, touch=True)
     assert len(backend._remembered) == 1
     await backend.delete(key)
     assert len(backend._remembered) == 0
-    await backend.store(key, {"a": b"1"}, (), permanent=False, ttl=60)
+    await backend.store(key, Write({"a": b"1"}, (), False, 60, create=True))
     await backend.load(key, touch=True)
     raw(memcached_server, f"delete {key}\r\n".encode())
     assert await backend.load(key, touch=True) is None
@@ -344,21 +362,21 @@ async def test_remembered_items_are_bounded(
     backend._remembered = _Remembered(max_items=3, max_bytes=1000)
     keys = [prefix + f"{i:043d}" for i in range(5)]
     for key in keys:
-        await backend.store(key, {"a": b"1"}, (), permanent=False, ttl=60)
+        await backend.store(key, Write({"a": b"1"}, (), False, 60, create=True))
         await backend.load(key, touch=True)  # read-only requests: nothing takes the item
     assert len(backend._remembered) == 3
     sent = sent_commands(backend)
-    await backend.store(keys[0], {"b": b"2"}, (), permanent=False, ttl=60)  # pushed out
-    await backend.store(keys[4], {"b": b"2"}, (), permanent=False, ttl=60)  # still there
-    assert sent == [b"add", b"gets", b"cas", b"cas"]
+    await backend.store(keys[0], Write({"b": b"2"}, (), False, 60))  # pushed out
+    await backend.store(keys[4], Write({"b": b"2"}, (), False, 60))  # still there
+    assert sent == [b"gets", b"cas", b"cas"]
 
     big = prefix + "b" * 43
-    await backend.store(big, {"a": b'"' + b"x" * 600 + b'"'}, (), permanent=False, ttl=60)
+    await backend.store(big, Write({"a": b'"' + b"x" * 600 + b'"'}, (), False, 60, create=True))
     await backend.load(big, touch=True)
     assert backend._remembered.bytes <= 1000
     await backend.load(big, touch=True)  # again: still within the bound
     assert backend._remembered.bytes <= 1000
-    await backend.store(big, {"a": b'"' + b"y" * 1200 + b'"'}, (), permanent=False, ttl=60)
+    await backend.store(big, Write({"a": b'"' + b"y" * 1200 + b'"'}, (), False, 60))
     await backend.load(big, touch=True)  # larger than the whole budget: not kept
     assert backend._remembered.take(big) is None
     assert backend._remembered.bytes <= 1000
@@ -371,17 +389,17 @@ async def test_touch_keeps_the_cas_token(
     backend: MemcacheBackend, memcached_server: MemcachedServer, prefix: str
 ) -> None:
     short, long = prefix + "s" * 43, prefix + "l" * 43
-    await backend.store(long, {"a": b"1"}, (), permanent=True, ttl=1000)
+    await backend.store(long, Write({"a": b"1"}, (), True, 1000, create=True))
     [header, *_] = raw(memcached_server, f"gets {long}\r\n".encode())
     assert raw(memcached_server, f"touch {long} 500\r\n".encode()) == [b"TOUCHED"]
     assert raw(memcached_server, f"gats 700 {long}\r\n".encode())[0] == header
 
     # So a write after a load corrected by a touch is still one cas.
-    await backend.store(short, {"a": b"1"}, (), permanent=False, ttl=100)  # gats uses 100
+    await backend.store(short, Write({"a": b"1"}, (), False, 100, create=True))  # gats uses 100
     sent = sent_commands(backend)
     before = stats(memcached_server)
     assert await backend.load(long, touch=True) == Record({"a": b"1"}, permanent=True)
-    await backend.store(long, {"b": b"2"}, (), permanent=True, ttl=1000)
+    await backend.store(long, Write({"b": b"2"}, (), True, 1000))
     assert sent == [b"gats", b"touch", b"cas"]
     assert cas_since(memcached_server, before) == {"cas_hits": 1, "cas_badval": 0, "cas_misses": 0}
     assert remaining_ttl(memcached_server, long) in range(995, 1002)
@@ -394,7 +412,7 @@ async def test_fifty_concurrent_requests_keep_every_field(
     # Load, then store one field of its own: two instances stand in for two processes.
     backends = [MemcacheBackend(host=memcached_server.host, port=memcached_server.port)
                 for _ in range(2)]
-    await backends[0].store(key, {"start": b"0"}, (), permanent=False, ttl=60)
+    await backends[0].store(key, Write({"start": b"0"}, (), False, 60, create=True))
     before = stats(memcached_server)
 
     async def request(i: int) -> None:
@@ -403,7 +421,7 @@ async def test_fifty_concurrent_requests_keep_every_field(
         assert record is not None
         assert record.fields["start"] == b"0"
         await anyio.sleep(0.001 * (i % 3))
-        await backend.store(key, {f"f{i}": b"%d" % i}, (), permanent=False, ttl=60)
+        await backend.store(key, Write({f"f{i}": b"%d" % i}, (), False, 60))
 
     try:
         async with anyio.create_task_group() as tg:
@@ -417,23 +435,196 @@ async def test_fifty_concurrent_requests_keep_every_field(
     assert all(len(b._remembered) <= 1 for b in backends)
 
 
+# -- updates apply only to a record that still exists, atomically ------------------------------
+
+
+def other_process(server: MemcachedServer) -> MemcacheBackend:
+    """A second backend with its own connections, standing in for another worker process."""
+    return MemcacheBackend(host=server.host, port=server.port)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("loaded", [True, False], ids=["loaded here", "loaded elsewhere"])
+@pytest.mark.parametrize(
+    ("write", "commands"),
+    [(Write({"a": b"2"}), [b"cas"]), (Write({"a": b"2"}, (), True, 600), [b"cas"]),
+     (Write({}, ["a"]), [b"md"])],
+    ids=["update", "flag", "emptying"],
+)
+async def test_update_of_a_deleted_record_is_refused(
+    backend: MemcacheBackend, memcached_server: MemcachedServer, key: str,
+    loaded: bool, write: Write, commands: list[bytes],
+) -> None:
+    await backend.store(key, Write({"a": b"1"}, (), False, 60, create=True))
+    if loaded:
+        assert await backend.load(key, touch=True) is not None  # this request's load
+    await other_process(memcached_server).delete(key)  # a concurrent logout or regenerate()
+    sent = sent_commands(backend)
+    assert await backend.store(key, write) is False
+    assert remaining_ttl(memcached_server, key) is None  # nothing resurrected
+    # With the load's token the refusal is the write itself; without, the gets finds nothing.
+    assert sent == (commands if loaded else [b"gets"])
+
+
+@pytest.mark.anyio
+async def test_update_of_an_expired_record_is_refused(
+    backend: MemcacheBackend, memcached_server: MemcachedServer, key: str
+) -> None:
+    await backend.store(key, Write({"a": b"1"}, (), False, 1, create=True))
+    assert await backend.load(key, touch=False) == Record({"a": b"1"})
+    await anyio.sleep(2.5)  # memcached's clock ticks once a second
+    assert await backend.store(key, Write({"b": b"2"})) is False
+    assert remaining_ttl(memcached_server, key) is None
+
+
+@pytest.mark.anyio
+async def test_emptied_record_of_earlier_versions_is_no_session(
+    backend: MemcacheBackend, memcached_server: MemcachedServer, key: str
+) -> None:
+    empty = b'{"\\u0000ttl":60,"\\u0000p":false}'  # what earlier versions wrote instead of deleting
+    plant(memcached_server, key, empty)
+    assert await backend.load(key, touch=True) is None
+    assert await backend.store(key, Write({"a": b"1"})) is False
+    assert value_of(memcached_server, key) == empty
+
+
+@pytest.mark.anyio
+async def test_emptying_is_one_conditional_delete(
+    backend: MemcacheBackend, memcached_server: MemcachedServer, key: str
+) -> None:
+    await backend.store(key, Write({"a": b"1", "b": b"2"}, (), False, 60, create=True))
+    assert await backend.load(key, touch=True) is not None
+    sent = sent_commands(backend)
+    assert await backend.store(key, Write({}, ["a", "b"])) is True
+    assert sent == [b"md"]
+    assert remaining_ttl(memcached_server, key) is None  # gone, no empty item left behind
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("loaded", [True, False], ids=["loaded here", "loaded elsewhere"])
+async def test_field_written_concurrently_keeps_an_emptied_record(
+    backend: MemcacheBackend, memcached_server: MemcachedServer, key: str, loaded: bool
+) -> None:
+    await backend.store(key, Write({"a": b"1"}, (), True, 600, create=True))
+    other = other_process(memcached_server)
+    if loaded:
+        assert await backend.load(key, touch=True) is not None
+        # Another request adds a field after this one's load, before its write.
+        assert await other.store(key, Write({"b": b"2"}))
+        expected = [b"md", b"gets", b"cas"]
+    else:
+        # Another request adds a field between this write's gets and its delete.
+        client = backend.client
+        fetch, fetched = client.fetch, []
+
+        async def fetch_then_write(command: bytes, name: bytes) -> Any:
+            item = await fetch(command, name)
+            if not fetched:
+                fetched.append(item)
+                assert await other.store(key, Write({"b": b"2"}))
+            return item
+
+        client.fetch = fetch_then_write  # type: ignore[method-assign]
+        expected = [b"gets", b"md", b"gets", b"cas"]
+    sent = sent_commands(backend)
+    assert await backend.store(key, Write({}, ["a"])) is True
+    assert sent == expected
+    # The field it did not know about keeps the record, with its flag and lifetime.
+    assert await backend.load(key, touch=False) == Record({"b": b"2"}, permanent=True)
+    assert remaining_ttl(memcached_server, key) in range(595, 602)
+
+
+@pytest.mark.anyio
+async def test_emptying_races_writers_and_every_answer_is_true(
+    memcached_server: MemcachedServer, key: str
+) -> None:
+    # Requests that each load the session and add a field, racing one that empties it: a
+    # writer told True has its field in the record, a writer told False has nothing there.
+    backends = [other_process(memcached_server) for _ in range(2)]
+    await backends[0].store(key, Write({"a": b"1"}, (), False, 60, create=True))
+    answers: dict[str, bool] = {}
+
+    async def request(i: int) -> None:
+        backend = backends[i % 2]
+        if await backend.load(key, touch=True) is None:
+            return  # emptied already: this request sees no session
+        await anyio.sleep(0.001 * (i % 4))
+        if i == 5:
+            assert await backend.store(key, Write({}, ["a"]))
+        else:
+            answers[f"f{i}"] = await backend.store(key, Write({f"f{i}": b"1"}))
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(30):
+                tg.start_soon(request, i)
+        record = await backends[0].load(key, touch=False)
+    finally:
+        await close_loop_clients()
+    kept = set(record.fields) if record is not None else set()
+    assert "a" not in kept
+    assert kept == {name for name, written in answers.items() if written}
+
+
+@pytest.mark.anyio
+async def test_write_without_the_flag_keeps_the_stored_one_and_its_own_ttl(
+    backend: MemcacheBackend, memcached_server: MemcachedServer, key: str
+) -> None:
+    await backend.store(key, Write({"a": b"1"}, (), False, 100, create=True))
+    assert await backend.load(key, touch=True) is not None  # this request's load
+    # A concurrent request makes the session permanent, with the permanent lifetime.
+    assert await other_process(memcached_server).store(key, Write({}, (), True, 1000))
+    raw(memcached_server, f"touch {key} 5\r\n".encode())  # most of that lifetime has passed
+    assert await backend.store(key, Write({"b": b"2"}))  # this request did not touch the flag
+    assert await backend.load(key, touch=False) == Record({"a": b"1", "b": b"2"}, permanent=True)
+    assert remaining_ttl(memcached_server, key) in range(995, 1002)  # its own ttl, from now
+    stored = json.loads(value_of(memcached_server, key) or b"null")
+    assert (stored["\0ttl"], stored["\0p"]) == (1000, True)
+
+
+@pytest.mark.anyio
+async def test_write_that_sets_the_flag_stores_it_with_its_ttl(
+    backend: MemcacheBackend, memcached_server: MemcachedServer, key: str
+) -> None:
+    await backend.store(key, Write({"a": b"1"}, (), True, 1000, create=True))
+    assert await backend.store(key, Write({}, (), False, 100))
+    assert await backend.load(key, touch=False) == Record({"a": b"1"}, permanent=False)
+    assert remaining_ttl(memcached_server, key) in range(95, 102)
+    with pytest.raises(ValueError, match="ttl"):
+        await backend.store(key, Write({"a": b"2"}, (), True))
+    with pytest.raises(ValueError, match="ttl"):
+        await backend.store(key, Write({"a": b"2"}, create=True))
+    assert await backend.load(key, touch=False) == Record({"a": b"1"}, permanent=False)
+
+
+@pytest.mark.anyio
+async def test_new_id_replaces_an_item_found_under_it(
+    backend: MemcacheBackend, memcached_server: MemcachedServer, key: str
+) -> None:
+    plant(memcached_server, key, b'{"\\u0000ttl":60,"\\u0000p":true,"old":1}')
+    sent = sent_commands(backend)
+    assert await backend.store(key, Write({"a": b"1"}, (), False, 60, create=True))
+    assert sent == [b"add", b"gets", b"cas"]
+    assert await backend.load(key, touch=False) == Record({"a": b"1"})  # replaced, not merged
+
+
 @pytest.mark.anyio
 async def test_oversize_record_is_refused_and_the_old_one_kept(
     backend: MemcacheBackend, key: str
 ) -> None:
-    await backend.store(key, {"a": b"1"}, (), permanent=False, ttl=60)
+    await backend.store(key, Write({"a": b"1"}, (), False, 60, create=True))
     big = b'"' + b"x" * (1024 * 1024) + b'"'
     with pytest.raises(ValueError, match=r"record of \d+ bytes refused by memcached as too large"):
-        await backend.store(key, {"big": big}, ["a"], permanent=False, ttl=60)
+        await backend.store(key, Write({"big": big}, ["a"], False, 60))
     assert await backend.load(key, touch=False) == Record({"a": b"1"})
-    await backend.store(key, {"b": b"2"}, (), permanent=False, ttl=60)
+    await backend.store(key, Write({"b": b"2"}, (), False, 60))
     assert await backend.load(key, touch=False) == Record({"a": b"1", "b": b"2"})
 
 
 @pytest.mark.anyio
 async def test_delete(backend: MemcacheBackend, key: str) -> None:
     await backend.delete(key)  # nothing there: fine
-    await backend.store(key, {"a": b"1"}, (), permanent=False, ttl=60)
+    await backend.store(key, Write({"a": b"1"}, (), False, 60, create=True))
     await backend.delete(key)
     assert await backend.load(key, touch=False) is None
 
@@ -462,13 +653,17 @@ async def test_foreign_values_read_as_no_session(
 ) -> None:
     plant(memcached_server, key, value, flags)
     # Another record first, so that the touching load is a gats, as in a running app.
-    await backend.store(key + "x", {"a": b"1"}, (), permanent=False, ttl=60)
+    await backend.store(key + "x", Write({"a": b"1"}, (), False, 60, create=True))
     with caplog.at_level(logging.WARNING, logger="asyncsessions"):
         assert await backend.load(key, touch=False) is None
         assert await backend.load(key, touch=True) is None
     assert caplog.text.count(f"unreadable record {masked(key)!r} read as no session") == 2
     assert value_of(memcached_server, key) == value  # reads never destroy it
-    await backend.store(key, {"a": b"1"}, (), permanent=False, ttl=60)  # replaces it
+    # Not a session of ours: an update finds it gone and leaves it as it is.
+    assert not await backend.store(key, Write({"a": b"1"}, ["b"], False, 60))
+    assert not await backend.store(key, Write({}, ["user_id"]))
+    assert value_of(memcached_server, key) == value
+    assert await backend.store(key, Write({"a": b"1"}, (), False, 60, create=True))  # replaced
     assert await backend.load(key, touch=False) == Record({"a": b"1"})
 
 
@@ -481,15 +676,15 @@ async def test_interrupted_command_never_leaves_a_reply_behind(
     backend = MemcacheBackend(client=client)
     first, second = prefix + "1" * 43, prefix + "2" * 43
     try:
-        await backend.store(first, {"n": b"1"}, (), permanent=False, ttl=60)
-        await backend.store(second, {"n": b"2"}, (), permanent=False, ttl=60)
+        await backend.store(first, Write({"n": b"1"}, (), False, 60, create=True))
+        await backend.store(second, Write({"n": b"2"}, (), False, 60, create=True))
         task = asyncio.create_task(backend.load(first, touch=False))
         await asyncio.sleep(0)  # sent, now waiting for the reply
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         assert await backend.load(second, touch=False) == Record({"n": b"2"})
-        await backend.store(second, {"m": b"3"}, (), permanent=False, ttl=60)
+        await backend.store(second, Write({"m": b"3"}, (), False, 60))
         assert await backend.load(second, touch=False) == Record({"n": b"2", "m": b"3"})
     finally:
         await close_loop_clients()
@@ -502,7 +697,7 @@ async def test_given_client_is_cloned_with_its_settings(
     given = aiomcache.Client(memcached_server.host, memcached_server.port, pool_size=5)
     backend = MemcacheBackend(client=given)
     try:
-        await backend.store(key, {"a": b"1"}, (), permanent=False, ttl=60)
+        await backend.store(key, Write({"a": b"1"}, (), False, 60, create=True))
         assert await backend.load(key, touch=True) == Record({"a": b"1"})
         client = backend.client
         assert isinstance(client, aiomcache.Client)
@@ -546,6 +741,25 @@ def test_session_type_names(name: str, tmp_path: Any) -> None:
     [store] = parse_config(config, instance_path=str(tmp_path))
     assert isinstance(store.backend, MemcacheBackend)
     assert (store.backend.host, store.backend.port) == ("10.0.0.7", 11311)
+
+
+def test_location_names_the_server() -> None:
+    assert MemcacheBackend().location == "memcached://127.0.0.1:11211"
+    assert MemcacheBackend(host="cache.internal", port=11311).location == (
+        "memcached://cache.internal:11311")
+    assert MemcacheBackend(host="::1").location == "memcached://[::1]:11211"
+    client = aiomcache.Client("10.0.0.7", 11400)
+    assert MemcacheBackend(client=client).location == "memcached://10.0.0.7:11400"
+
+
+def test_two_stores_on_one_server_need_their_own_prefixes() -> None:
+    entry = {"session_type": "memcache", "host": "10.0.0.7", "key_prefix": "s:"}
+    app = flask.Flask(__name__)
+    app.config["SESSION_CONFIG"] = [{"cookie_name": "a", **entry}, {"cookie_name": "b", **entry}]
+    with pytest.raises(ValueError, match=r"SESSION_CONFIG\[1\] 'key_prefix': .*memcached://10"):
+        Session(app)
+    app.config["SESSION_CONFIG"][1]["key_prefix"] = "t:"
+    Session(app)
 
 
 python_memcached = type("Client", (), {
@@ -607,7 +821,13 @@ def test_end_to_end(
         driver.post("permanent")
         assert remaining_ttl(memcached_server, key) in range(31 * DAY - 5, 31 * DAY + 2)
 
+        before = stats(memcached_server)
         driver.post("clear")
+        # Emptying: gats (and a touch: the session is permanent, longer-lived than the
+        # shortest TTL), then one delete conditional on its token (no empty item left).
+        assert commands_since(memcached_server, before) == {
+            "cmd_get": 0, "cmd_touch": 2, "cmd_set": 0}
+        assert stats(memcached_server)["delete_hits"] == before["delete_hits"] + 1
         assert driver.show() == {}
         assert remaining_ttl(memcached_server, key) is None
     finally:

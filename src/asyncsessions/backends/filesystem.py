@@ -10,12 +10,11 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Collection, Mapping
 from contextlib import suppress
 from hashlib import sha256
 from typing import IO, NamedTuple
 
-from .base import Backend, Record, run_blocking
+from .base import Backend, Record, Write, run_blocking
 
 __all__ = ["FilesystemBackend"]
 
@@ -34,12 +33,22 @@ class FilesystemBackend(Backend):
 
     Each record is ``{"v": 1, "ttl": int, "permanent": bool, "fields": {name: text}}`` in a
     file named after its key. It expires ``ttl`` seconds after the file's mtime, so a sliding
-    refresh is a bare ``utime``. A write reads the record, merges the changed fields and
-    replaces the file while holding an exclusive ``flock`` on it, so concurrent requests
-    (threads or processes) that change different fields both survive. Writes are not fsync-ed:
-    sessions are cheap to lose, and a machine crash can lose a recent write or leave an empty
-    file, which reads as no session, but never a torn one. A file this store did not write
-    reads as no session, with a warning, and a write replaces it whole.
+    refresh is a bare ``utime``. Every write holds an exclusive ``flock`` on the file while it
+    reads, merges and replaces (or unlinks) it, so concurrent requests (threads or processes)
+    that change different fields all survive and each write sees the one before it whole:
+
+    - A new id's record is created (and anything at its path replaced whole).
+    - An update opens the file without creating it: a file that a logout or ``regenerate()``
+      removed, an expired or empty one, or one this store did not write means the session is
+      gone, and nothing is written (``store`` returns ``False``).
+    - A merge that leaves no field unlinks the file under the lock, so a field another
+      request wrote before it took the lock keeps the record.
+    - A write that does not set the permanent flag keeps the stored flag and TTL; a replaced
+      file has a new mtime, so the record lives its own TTL from now.
+
+    Writes are not fsync-ed: sessions are cheap to lose, and a machine crash can lose a
+    recent write or leave an empty file, which reads as no session, but never a torn one. A
+    file this store did not write reads as no session, with a warning.
 
     The directory is made on the first write (mode 0700), and again by the next write if it
     is removed while the app runs; until then reads find no session.
@@ -67,6 +76,7 @@ class FilesystemBackend(Backend):
         if cleanup_every < 0:
             raise ValueError(f"cleanup_every must be >= 0 (0: never), not {cleanup_every}")
         self.directory: str | None = directory
+        self.location = None if directory is None else os.path.abspath(directory)
         self.cleanup_every = cleanup_every
         self._stores = itertools.count(1)
         self._cleaner: threading.Thread | None = None
@@ -78,6 +88,7 @@ class FilesystemBackend(Backend):
             self.directory = os.path.join(
                 instance_path, "asyncsessions", _file_name(name).removesuffix(".session")
             )
+            self.location = os.path.abspath(self.directory)
 
     async def load(self, key: str, *, touch: bool) -> Record | None:
         try:
@@ -86,20 +97,17 @@ class FilesystemBackend(Backend):
             self.unreadable(key, str(exc))
             return None
 
-    async def store(
-        self,
-        key: str,
-        changed: Mapping[str, bytes],
-        removed: Collection[str],
-        *,
-        permanent: bool,
-        ttl: int,
-    ) -> None:
-        updates = dict(changed)  # a snapshot: the caller's loop goes on while the thread runs
+    async def store(self, key: str, write: Write) -> bool:
+        if write.permanent is not None and write.ttl is None:
+            raise ValueError("a write that sets the permanent flag needs its ttl")
+        # A snapshot: the caller's loop goes on while the thread runs.
+        write = Write(dict(write.changed), tuple(write.removed), write.permanent, write.ttl,
+                      create=write.create)
         path = self._path(key)
-        await run_blocking(_store, path, updates, tuple(removed), permanent, ttl)
+        written = await run_blocking(_store, path, write)
         if self.cleanup_every and next(self._stores) % self.cleanup_every == 0:
             self._start_cleanup(os.path.dirname(path))
+        return written
 
     async def delete(self, key: str) -> None:
         await run_blocking(_delete, self._path(key))
@@ -218,9 +226,39 @@ def _replace(path: str, data: bytes) -> None:
         raise
 
 
-def _store(
-    path: str, updates: dict[str, bytes], removed: tuple[str, ...], permanent: bool, ttl: int
-) -> None:
+def _store(path: str, write: Write) -> bool:
+    """Apply ``write`` under the record's lock; False if the record it updates is gone."""
+    if write.create:
+        return _create(path, write)
+    try:
+        # Never O_CREAT: a record deleted by a logout or regenerate() stays deleted.
+        file = _open_locked(path, create=False)
+    except FileNotFoundError:
+        return False
+    with file:
+        try:
+            stored = _read_live(file)
+        except _Unreadable:
+            return False  # not a record of ours (the load logged it): left as it is
+        if stored is None or not stored.fields:
+            return False  # expired (left to the cleanup), or emptied by a crash
+        fields = _merged(stored.fields, write)
+        if not fields:
+            # Under the lock: a field another writer added first is in ``fields`` now.
+            os.unlink(path)
+        elif write.permanent is None or write.ttl is None:
+            _replace(path, _dump(stored.ttl, stored.permanent, fields))  # mtime: restarted
+        else:
+            _replace(path, _dump(write.ttl, write.permanent, fields))
+    return True
+
+
+def _create(path: str, write: Write) -> bool:
+    fields = _merged({}, write)
+    if not fields:
+        return True  # nothing to create
+    if write.permanent is None or write.ttl is None:
+        raise ValueError("a new record needs its permanent flag and ttl")
     try:
         file = _open_locked(path, create=True)
     except FileNotFoundError:
@@ -228,18 +266,16 @@ def _store(
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         file = _open_locked(path, create=True)
     with file:
-        try:
-            stored = _read_live(file)
-        except _Unreadable:
-            stored = None  # not a record of ours (the load logged it): replaced whole
-        fields = stored.fields if stored else {}
-        fields.update(updates)
-        for name in removed:
-            fields.pop(name, None)
-        if fields:
-            _replace(path, _dump(ttl, permanent, fields))
-        else:
-            os.unlink(path)
+        # A new id has no record of ours: whatever is there is replaced whole.
+        _replace(path, _dump(write.ttl, write.permanent, fields))
+    return True
+
+
+def _merged(fields: dict[str, bytes], write: Write) -> dict[str, bytes]:
+    fields.update(write.changed)
+    for name in write.removed:
+        fields.pop(name, None)
+    return fields
 
 
 def _load(path: str, touch: bool) -> Record | None:

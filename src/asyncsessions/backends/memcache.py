@@ -1,7 +1,7 @@
-"""Memcached store: one blob per session, merged under CAS, expiry refreshed on the read.
+"""Memcached store: one blob per session, written under CAS, expiry refreshed on the read.
 
 A load remembers the item it read with its CAS token, so that the write usually following in
-the same request is a single ``cas`` over it.
+the same request is a single ``cas`` (or token-conditional ``md``) over it.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import random
 import threading
 import time
 import unicodedata
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator
 from typing import Any, NamedTuple
 
 import aiomcache
 from aiomcache.pool import Connection
 
 from ..serialization import join_fields, split_fields
-from .base import ClientBackend, Record
+from .base import ClientBackend, Record, Write
 
 __all__ = ["MemcacheBackend"]
 
@@ -32,6 +32,8 @@ _MAX_RELATIVE = 30 * 86400
 _MAX_EXPTIME = 2**31 - 1
 _TRIES = 20
 _MAX_BACKOFF = 0.05  # seconds
+# ``md <key> C<token>``: deleted, gone already, or written since the token was read.
+_DELETE_REPLIES: dict[bytes, bool | None] = {b"HD": True, b"NF": False, b"EX": None}
 # Bounds on the items loads remember for the stores that follow them (per backend).
 _REMEMBER_ITEMS = 4096
 _REMEMBER_BYTES = 8 * 1024 * 1024  # of item values
@@ -140,7 +142,7 @@ class _Client(aiomcache.Client):
 
 
 class MemcacheBackend(ClientBackend[_Client]):
-    """Sessions in memcached, through ``aiomcache``.
+    """Sessions in memcached, through ``aiomcache`` (memcached 1.6 or later).
 
     ``client`` is an ``aiomcache.Client`` whose host, port and pool settings are reused for
     one client per event loop; otherwise ``host`` and ``port`` (default ``127.0.0.1:11211``).
@@ -148,40 +150,57 @@ class MemcacheBackend(ClientBackend[_Client]):
     ``pool_size`` for a busy Quart app.
 
     Each session is one item: ``join_fields`` of its fields plus ``"\\u0000ttl": <seconds>``
-    and ``"\\u0000p": <permanent>``, with client flags 0. A write merges the changed and
-    removed fields into the item and writes it back with ``cas`` (``add`` when there is
-    none), so concurrent requests that change different fields all survive. It first tries
-    the item the request's load read (``gats``/``gets`` return its CAS token; the backend
-    remembers a few thousand such items, see ``_Remembered``), or ``add`` when it has none;
-    if another request wrote in between, that fails and the write falls back to ``gets``,
-    merge, ``cas``, backing off a random moment after each conflict, up to 20 times. A merge
-    always starts from the very item whose token the ``cas`` presents. A record left without
-    fields is written empty (a ``delete`` could drop a concurrent writer's field) and reads
-    as no session. An item this store did not write (Flask-Session's msgpack, a client's
-    flagged pickle, damaged JSON) reads as no session, with a warning, and a write replaces
-    it whole. Writes never use ``set``: memcached drops the old item when a ``set`` is
-    refused as too large, while a refused ``cas`` or ``add`` leaves it.
+    and ``"\\u0000p": <permanent>``, with client flags 0. Every write is conditional on a CAS
+    token, so concurrent requests that change different fields all survive, and none undoes
+    another's delete:
+
+    - A new id's record is written with ``add``. Should an item be there all the same (another
+      client's, under this key), it is replaced whole through ``gets`` and ``cas``.
+    - An update merges the changed and removed fields into the item and writes it back with
+      ``cas``. It first tries the item the request's load read (``gats``/``gets`` return its
+      CAS token; the backend remembers a few thousand such items, see ``_Remembered``); if
+      another request wrote in between, that fails and the write falls back to ``gets``,
+      merge, ``cas``, backing off a random moment after each conflict, up to 20 times. A
+      merge always starts from the very item whose token the ``cas`` presents. No item (a
+      logout or ``regenerate()`` deleted it, or it expired), ``cas`` answering
+      ``NOT_FOUND``, or an item this store did not write: the session is gone, nothing is
+      written and ``store`` returns ``False``.
+    - A merge that leaves no field deletes the item with the meta command ``md <key>
+      C<token>``, which deletes only while the token still matches (memcached 1.6): a field
+      another request ``cas``-ed in meanwhile changed the token, so the delete is refused and
+      the merge over that request's item keeps the record.
+    - A write that does not set the permanent flag keeps the stored flag and TTL, and the
+      item lives its own TTL from now.
+
+    An item this store did not write (Flask-Session's msgpack, a client's flagged pickle,
+    damaged JSON) or an item left without fields (as earlier versions emptied records) reads
+    as no session, the former with a warning. Writes never use ``set``: memcached drops the
+    old item when a ``set`` is refused as too large, while a refused ``cas`` or ``add`` leaves
+    it.
 
     TTLs over 30 days are sent as absolute Unix times, as memcached requires, so they rely
     on the app's and memcached's clocks agreeing.
 
-    The sliding refresh is ``gats`` (get and touch, with the CAS token, one round trip;
-    memcached 1.5.3 or later), which takes the new expiry up front, before the record, which
-    holds its own TTL, has been read. So the backend refreshes with the shortest TTL it has
-    written or read, then corrects a record whose TTL differs with a ``touch`` (which leaves
-    the CAS token as it is). Guessing the shortest makes a failed correction err towards
-    expiring early. The value is never rewritten by a refresh.
+    The sliding refresh is ``gats`` (get and touch, with the CAS token, one round trip),
+    which takes the new expiry up front, before the record, which holds its own TTL, has been
+    read. So the backend refreshes with the shortest TTL it has written or read, then
+    corrects a record whose TTL differs with a ``touch`` (which leaves the CAS token as it
+    is). Guessing the shortest makes a failed correction err towards expiring early. The
+    value is never rewritten by a refresh. That ``touch`` is not conditional: a request that
+    changes the session's permanence between this load's ``gats`` and ``touch`` has its new
+    expiry replaced by the old TTL until the session's next load refreshes it.
 
     Round trips per request, for a session with the shortest lifetime in use (browser
     sessions, or every session if all are permanent); one more ``touch`` for a longer-lived
     one or before this process has seen any record (``gets`` + ``touch`` then):
 
     - read-only: 1 (``gats``);
-    - writing: 2 (``gats``, ``cas``), or 4 (``gats``, ``cas`` refused, ``gets``, ``cas``)
-      when another request wrote the session in between, more while conflicts go on;
+    - writing: 2 (``gats``, then ``cas``, or ``md`` when the session is emptied), 4 (``gats``,
+      ``cas`` refused, ``gets``, ``cas``) when another request wrote the session in between,
+      more while conflicts go on;
     - writing a new session (no load): 1 (``add``);
     - a write whose load's item is no longer remembered (pushed out, or taken by a concurrent
-      request of the same session in this process): 3 (``add`` refused, ``gets``, ``cas``).
+      request of the same session in this process): 3 (``gats``, ``gets``, ``cas``).
     """
 
     max_key_length = 250  # memcached's limit; keys may hold no whitespace or control characters
@@ -217,6 +236,7 @@ class MemcacheBackend(ClientBackend[_Client]):
                 raise ValueError(f"port must be 1-65535, not {port}")
         self.host: str = host
         self.port: int = port
+        self.location = f"memcached://[{host}]:{port}" if ":" in host else f"memcached://{host}:{port}"
         self._options = options
         self._guess: int | None = None  # the TTL gats refreshes with (see the class docstring)
         self._remembered = _Remembered()
@@ -257,77 +277,99 @@ class MemcacheBackend(ClientBackend[_Client]):
         self._remembered.put(key, item)
         return Record(stored.fields, stored.permanent)
 
-    async def store(
-        self,
-        key: str,
-        changed: Mapping[str, bytes],
-        removed: Collection[str],
-        *,
-        permanent: bool,
-        ttl: int,
-    ) -> None:
+    async def store(self, key: str, write: Write) -> bool:
+        if write.permanent is not None and write.ttl is None:
+            raise ValueError("a write that sets the permanent flag needs its ttl")
         client = self.client
         name = key.encode()
-        self._learn(ttl)
-        # First, no read: cas over the item this request loaded, as it was loaded, or add
-        # when nothing was loaded (most likely a new session). Either fails if it is stale.
+        # Taken whatever the write: a load's item serves the write of its own request only.
         loaded = self._remembered.take(key)
-        if (loaded is not None or changed) and await self._write(
-            client, name, loaded, changed, removed, permanent=permanent, ttl=ttl
-        ):
-            return
+        if write.create:
+            return await self._create(client, name, write)
+        # First, no read: the item this request loaded, under the token it was loaded with.
+        if loaded is not None:
+            done = await self._merge(client, name, loaded, write)
+            if done is not None:
+                return done
         for attempt in range(_TRIES):
-            item = await client.fetch(b"gets", name)
-            if await self._write(client, name, item, changed, removed,
-                                 permanent=permanent, ttl=ttl):
-                return
+            done = await self._merge(client, name, await client.fetch(b"gets", name), write)
+            if done is not None:
+                return done
             # Another request wrote in between: let the contenders spread out, then merge again.
-            await asyncio.sleep(random.uniform(0, min(_MAX_BACKOFF, 0.001 * 2**attempt)))
+            await _back_off(attempt)
         raise RuntimeError(
             f"session record not written: other requests kept writing it ({_TRIES} cas attempts)"
         )
 
-    @staticmethod
-    async def _write(
-        client: _Client,
-        name: bytes,
-        item: _Item | None,
-        changed: Mapping[str, bytes],
-        removed: Collection[str],
-        *,
-        permanent: bool,
-        ttl: int,
-    ) -> bool:
-        """Merge into ``item`` and write it under its CAS token (``add`` for None).
+    async def _merge(
+        self, client: _Client, name: bytes, item: _Item | None, write: Write
+    ) -> bool | None:
+        """Apply ``write`` over ``item``, conditional on its CAS token.
 
-        False if ``item`` is no longer what is stored (for None: an item now exists).
+        True if applied, False if the record is gone (nothing written), None if ``item`` is
+        no longer what is stored (merge again over what is).
         """
+        if item is None:
+            return False  # deleted (logout, regenerate) or expired: never resurrected
         try:
-            fields = _parse(item).fields if item is not None else {}
+            stored = _parse(item)
         except ValueError:
-            fields = {}  # not a record of ours: replaced whole, never merged into
-        fields.update(changed)
-        for field in removed:
+            return False  # another client's item: no session of ours, left as it is
+        if not stored.fields:
+            return False  # emptied (earlier versions left such records): no session
+        fields = stored.fields
+        fields.update(write.changed)
+        for field in write.removed:
             fields.pop(field, None)
-        if item is None and not fields:
-            return True  # nothing there and nothing to write
-        blob = join_fields({_TTL: b"%d" % ttl, _PERMANENT: b"true" if permanent else b"false",
-                            **fields})
-        line = b"%s 0 %d %d" % (name, _exptime(ttl), len(blob))
-        # Another client's item (or garbage) is replaced, through cas all the same.
-        line = b"add " + line if item is None else b"cas %s %d" % (line, item.cas)
-        reply = await client.call(line, blob)
-        if reply == b"STORED":
-            return True
-        if reply.startswith(b"SERVER_ERROR object too large"):
-            raise ValueError(
-                f"session record of {len(blob)} bytes refused by memcached as too large "
-                "(items are limited to 1 MB unless memcached runs with -I); "
-                "the stored record is unchanged"
-            )
-        if reply not in (b"EXISTS", b"NOT_FOUND", b"NOT_STORED"):
-            raise _unexpected(reply)
-        return False
+        if not fields:
+            # A delete conditional on the token: a field another request cas-ed in since
+            # changes the token, so this fails and the merge over its item keeps the record.
+            reply = await client.call(b"md %s C%d" % (name, item.cas))
+            if reply == b"ERROR":
+                raise aiomcache.ClientException(
+                    "memcached does not know the meta delete command (md): "
+                    "asyncsessions needs memcached 1.6 or later"
+                )
+            if reply not in _DELETE_REPLIES:
+                raise _unexpected(reply)
+            return _DELETE_REPLIES[reply]
+        if write.permanent is None:
+            permanent, ttl = stored.permanent, stored.ttl
+        else:
+            assert write.ttl is not None  # checked by store
+            permanent, ttl = write.permanent, write.ttl
+        self._learn(ttl)
+        reply = await _put(client, b"cas", name, fields, permanent, ttl, cas=item.cas)
+        if reply == b"EXISTS":
+            return None
+        return reply == b"STORED"  # NOT_FOUND: deleted or expired since the item was read
+
+    async def _create(self, client: _Client, name: bytes, write: Write) -> bool:
+        """Write the record of a new id: ``add``, or replace the item found under it."""
+        fields = dict(write.changed)
+        for field in write.removed:
+            fields.pop(field, None)
+        if not fields:
+            return True  # nothing to create
+        if write.permanent is None or write.ttl is None:
+            raise ValueError("a new record needs its permanent flag and ttl")
+        permanent, ttl = write.permanent, write.ttl
+        self._learn(ttl)
+        item: _Item | None = None
+        for attempt in range(_TRIES):
+            # A new id has no record of ours: an item under it is another client's, replaced
+            # whole (through cas all the same, so that a concurrent write is not overwritten).
+            cas = None if item is None else item.cas
+            reply = await _put(client, b"add" if cas is None else b"cas", name, fields,
+                               permanent, ttl, cas=cas)
+            if reply == b"STORED":
+                return True
+            if reply == b"EXISTS":
+                await _back_off(attempt)
+            item = await client.fetch(b"gets", name)
+        raise RuntimeError(
+            f"session record not written: other clients kept writing it ({_TRIES} attempts)"
+        )
 
     async def delete(self, key: str) -> None:
         self._remembered.take(key)
@@ -345,6 +387,30 @@ def _exptime(ttl: int) -> int:
     if ttl < 1:
         raise ValueError(f"ttl must be at least 1 second, not {ttl}")  # 0 means never expire
     return ttl if ttl <= _MAX_RELATIVE else int(time.time()) + ttl
+
+
+async def _put(
+    client: _Client, verb: bytes, name: bytes, fields: dict[str, bytes], permanent: bool,
+    ttl: int, *, cas: int | None = None,
+) -> bytes:
+    """``add`` or ``cas`` the record; memcached's reply (``STORED``, ``EXISTS``, …)."""
+    blob = join_fields({_TTL: b"%d" % ttl, _PERMANENT: b"true" if permanent else b"false",
+                        **fields})
+    line = b"%s %s 0 %d %d" % (verb, name, _exptime(ttl), len(blob))
+    reply = await client.call(line if cas is None else b"%s %d" % (line, cas), blob)
+    if reply.startswith(b"SERVER_ERROR object too large"):
+        raise ValueError(
+            f"session record of {len(blob)} bytes refused by memcached as too large "
+            "(items are limited to 1 MB unless memcached runs with -I); "
+            "the stored record is unchanged"
+        )
+    if reply not in (b"STORED", b"EXISTS", b"NOT_FOUND", b"NOT_STORED"):
+        raise _unexpected(reply)
+    return reply
+
+
+async def _back_off(attempt: int) -> None:
+    await asyncio.sleep(random.uniform(0, min(_MAX_BACKOFF, 0.001 * 2**attempt)))
 
 
 def _parse(item: _Item) -> _Stored:
