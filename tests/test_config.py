@@ -10,7 +10,7 @@ import pytest
 import quart
 import redis
 
-from asyncsessions import Session
+from asyncsessions import ClientSideBackend, Session
 
 
 def init(config: Any, **more: Any) -> flask.Flask:
@@ -79,7 +79,7 @@ def test_default_is_one_signed_cookie_with_flask_settings() -> None:
     Session(app)
     (store,) = app.extensions["asyncsessions"].stores
     assert store.name == "mine"
-    assert store.backend.client_side
+    assert isinstance(store.backend, ClientSideBackend)
     assert store.fields.mode == "all"
     assert store.cookie.secure is True
 

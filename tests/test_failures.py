@@ -132,7 +132,7 @@ def test_each_server_killed_then_back(
     d = make_driver({"SESSION_CONFIG": [
         {"cookie_name": "srv", **store, "session_fields": ["user_id"], "timeout": 2},
         {"cookie_name": "deg", **store, "session_fields": ["cart"], "timeout": 2,
-         "on_error": "degrade"},
+         "on_error": "degrade", "key_prefix": store.get("key_prefix", "") + "deg:"},
         {"cookie_name": "c", "session_fields": "auto"},
     ]})
     answer_503(d)

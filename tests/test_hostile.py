@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from asyncsessions import Write
 from asyncsessions.backends.base import close_loop_clients
 
 ID = re.compile(r"[A-Za-z0-9_-]{43}")
@@ -161,7 +162,7 @@ def test_planted_pickle_is_never_unpickled(
 
     async def plant() -> None:
         try:
-            await store.backend.store(key, {"evil": payload}, (), permanent=False, ttl=600)
+            await store.backend.store(key, Write({"evil": payload}))
         finally:
             await close_loop_clients()
 

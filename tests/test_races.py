@@ -20,7 +20,7 @@ def racing_view(make_driver: Any, action: str, data: dict[str, Any] | None = Non
         def race() -> str:
             flask.session.get("user")  # loaded before the other request runs
             cookie = {"Cookie": f"sid={flask.request.cookies['sid']}"}
-            other = flask.current_app.test_client().post(f"/{action}", json=body, headers=cookie)
+            other = flask.current_app.test_client(use_cookies=False).post(f"/{action}", json=body, headers=cookie)
             flask.session["late"] = 1
             return other.headers.get("Set-Cookie", "")
 
@@ -29,7 +29,7 @@ def racing_view(make_driver: Any, action: str, data: dict[str, Any] | None = Non
     async def race_async() -> str:
         quart.session.get("user")
         cookie = {"Cookie": f"sid={quart.request.cookies['sid']}"}
-        other = await quart.current_app.test_client().post(
+        other = await quart.current_app.test_client(use_cookies=False).post(
             f"/{action}", json=body, headers=cookie)
         quart.session["late"] = 1
         return other.headers.get("Set-Cookie", "")
@@ -89,13 +89,13 @@ def test_emptying_a_store_keeps_a_field_written_in_that_instant(
         def empty() -> str:
             proxy.pop("user")
             cookie = {"Cookie": f"sid={flask.request.cookies['sid']}"}
-            flask.current_app.test_client().post("/set", json={"cart": [1]}, headers=cookie)
+            flask.current_app.test_client(use_cookies=False).post("/set", json={"cart": [1]}, headers=cookie)
             return "ok"
     else:
         async def empty() -> str:
             proxy.pop("user")
             cookie = {"Cookie": f"sid={quart.request.cookies['sid']}"}
-            await quart.current_app.test_client().post("/set", json={"cart": [1]},
+            await quart.current_app.test_client(use_cookies=False).post("/set", json={"cart": [1]},
                                                        headers=cookie)
             return "ok"
     d = make_driver({"SESSION_CONFIG": [entry(store_entry)]}, empty=empty)
