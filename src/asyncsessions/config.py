@@ -28,6 +28,10 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "memcache": ("asyncsessions.backends.memcache:MemcacheBackend", "memcached"),
     "memcached": ("asyncsessions.backends.memcache:MemcacheBackend", "memcached"),
     "firestore": ("asyncsessions.backends.firestore:FirestoreBackend", "firestore"),
+    "sqlalchemy": ("asyncsessions.backends.sqlalchemy:SQLAlchemyBackend", "sqlalchemy"),
+    "peewee": ("asyncsessions.backends.peewee:PeeweeBackend", "peewee"),
+    "cachelib": ("asyncsessions.backends.cachelib:CacheLibBackend", "cachelib"),
+    "null": ("asyncsessions.backends.null:NullBackend", ""),
 }
 
 _DAY = 86400
