@@ -10,8 +10,8 @@ import pytest
 from asyncsessions import Backend, Record, Write
 from asyncsessions.config import parse_config
 from asyncsessions.engine import Engine
-from asyncsessions.session import MultiStoreSession, StoreState
 from asyncsessions.serialization import dumps
+from asyncsessions.session import MultiStoreSession, StoreState
 
 KEYS = ("secret",)
 SID = "A" * 43
