@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import anyio
 import pytest
 from google.api_core.exceptions import ServiceUnavailable
+from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
 from google.cloud.firestore_v1.async_document import AsyncDocumentReference
 from google.cloud.firestore_v1.base_document import DocumentSnapshot
 
 from apps import Driver
-from asyncsessions.backends.base import Record, close_loop_clients
+from asyncsessions.backends.base import Record, Write, close_loop_clients, masked
 from asyncsessions.backends.firestore import FirestoreBackend
 from asyncsessions.config import parse_config
+from asyncsessions.ids import new_id
 from servers import FirestoreEmulator
 
 SID = "AbC-_123" + "x" * 35
 KEY = "session:" + SID
 FUTURE = datetime.now(timezone.utc) + timedelta(days=1)
+
+
+def create(fields: dict[str, bytes], *, permanent: bool = False, ttl: int = 600) -> Write:
+    return Write(fields, (), permanent, ttl, create=True)
 
 
 @pytest.fixture
@@ -74,7 +81,7 @@ async def stored(backend: FirestoreBackend, doc_id: str) -> dict[str, Any]:
 @pytest.mark.anyio
 async def test_round_trip_and_layout(backend: FirestoreBackend) -> None:
     fields = {"user_id": b"42", "name": '"Zo\u00eb"'.encode(), "not utf-8": b"\xff\x00"}
-    await backend.store(KEY, fields, (), permanent=True, ttl=600)
+    assert await backend.store(KEY, create(fields, permanent=True))
     assert await backend.load(KEY, touch=False) == Record(fields, permanent=True)
     assert await backend.load("session:" + "y" * 43, touch=False) is None
 
@@ -92,14 +99,13 @@ NAMES = ["a.b", "a/b", "x`y", "`", "\\", "zo\u00eb", "\u65e5\u672c", "\U0001f600
 @pytest.mark.anyio
 async def test_field_names_round_trip(backend: FirestoreBackend) -> None:
     fields = {name: f'"{i}"'.encode() for i, name in enumerate(NAMES)}
-    await backend.store(KEY, fields, (), permanent=False, ttl=600)
+    await backend.store(KEY, create(fields))
     assert await backend.load(KEY, touch=False) == Record(fields)
     stored_names = set((await stored(backend, KEY))["f"])
     assert {"a.b", "a%2Fb", "x`y", "__proto__%", "%", ".%", "a%252Fb"} <= stored_names
 
     # Field paths, not dotted strings: removing "a.b" leaves "a" and "b" alone and vice versa.
-    await backend.store(KEY, {"a": b"1", "b": b"2"}, ["a.b", "x`y", "__proto__", ""],
-                        permanent=False, ttl=600)
+    assert await backend.store(KEY, Write({"a": b"1", "b": b"2"}, ["a.b", "x`y", "__proto__", ""]))
     record = await backend.load(KEY, touch=False)
     assert record is not None
     gone = {"a.b", "x`y", "__proto__", ""}
@@ -115,7 +121,7 @@ async def test_field_names_round_trip(backend: FirestoreBackend) -> None:
      ("%2F", "%252F"), ("p:" + "\u00e9" * 20, "p:" + "\u00e9" * 20)],
 )
 async def test_keys_are_escaped(backend: FirestoreBackend, key: str, doc_id: str) -> None:
-    await backend.store(key, {"k": b"1"}, (), permanent=False, ttl=600)
+    await backend.store(key, create({"k": b"1"}))
     assert await backend.load(key, touch=False) == Record({"k": b"1"})
     assert (await stored(backend, doc_id))["f"] == {"k": "1"}
 
@@ -124,7 +130,7 @@ async def test_keys_are_escaped(backend: FirestoreBackend, key: str, doc_id: str
 async def test_escaped_keys_stay_distinct(backend: FirestoreBackend) -> None:
     keys = ["a/b", "a%2Fb", "a%252Fb", "__x__", "__x__%"]
     for i, key in enumerate(keys):
-        await backend.store(key, {"i": str(i).encode()}, (), permanent=False, ttl=600)
+        await backend.store(key, create({"i": str(i).encode()}))
     for i, key in enumerate(keys):
         assert await backend.load(key, touch=False) == Record({"i": str(i).encode()})
     await backend.delete("a/b")
@@ -149,25 +155,25 @@ def test_key_prefix_must_fit_once_escaped(tmp_path: Any) -> None:
 
 
 @pytest.mark.anyio
-async def test_store_merges_and_removes_fields(backend: FirestoreBackend) -> None:
-    await backend.store(KEY, {"a": b"1", "b": b"2"}, (), permanent=True, ttl=600)
-    await backend.store(KEY, {"c": b"3"}, ["a", "missing"], permanent=True, ttl=600)
+async def test_update_merges_and_removes_fields(backend: FirestoreBackend) -> None:
+    await backend.store(KEY, create({"a": b"1", "b": b"2"}, permanent=True))
+    assert await backend.store(KEY, Write({"c": b"3"}, ["a", "missing"]))
     assert await backend.load(KEY, touch=False) == Record({"b": b"2", "c": b"3"}, True)
     # Only the flag changed: the fields must survive a write that names none of them.
-    await backend.store(KEY, {}, (), permanent=False, ttl=60)
+    assert await backend.store(KEY, Write({}, (), False, 60))
     assert await backend.load(KEY, touch=False) == Record({"b": b"2", "c": b"3"}, False)
     assert (await stored(backend, KEY))["ttl"] == 60
 
 
 @pytest.mark.anyio
-async def test_concurrent_stores_keep_every_field(project: str) -> None:
+async def test_concurrent_updates_keep_every_field(project: str) -> None:
     # Two backends, two clients: two worker processes writing one session at once.
     backends = [FirestoreBackend(project=project) for _ in range(2)]
-    await backends[0].store(KEY, {"base": b"0"}, (), permanent=False, ttl=600)
+    await backends[0].store(KEY, create({"base": b"0"}))
 
     async def set_field(i: int) -> None:
-        await backends[i % 2].store(KEY, {f"f{i}": str(i).encode()}, ["base"] if i == 7 else (),
-                                    permanent=False, ttl=600)
+        write = Write({f"f{i}": str(i).encode()}, ["base"] if i == 7 else ())
+        assert await backends[i % 2].store(KEY, write)
 
     try:
         async with anyio.create_task_group() as tg:
@@ -179,10 +185,46 @@ async def test_concurrent_stores_keep_every_field(project: str) -> None:
     assert record == Record({f"f{i}": str(i).encode() for i in range(40)})
 
 
+def rpcs(backend: FirestoreBackend, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the reads and commits the backend's client sends from now on."""
+    api, calls = backend.client._firestore_api, []
+
+    def counted(name: str) -> Any:
+        real = getattr(api, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            calls.append(name)
+            return real(*args, **kwargs)
+
+        return call
+
+    for name in ("batch_get_documents", "commit"):
+        monkeypatch.setattr(api, name, counted(name))
+    return calls
+
+
+@pytest.mark.anyio
+async def test_a_write_after_a_load_is_one_commit(
+    backend: FirestoreBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await backend.store(KEY, create({"a": b"1", "b": b"2"}))
+    calls = rpcs(backend, monkeypatch)
+    for write in (Write({"c": b"3"}), Write({}, ["a"]), Write({"d": b"4"}, (), True, 600)):
+        assert await backend.load(KEY, touch=True) is not None
+        assert await backend.store(KEY, write) is True
+    assert calls == ["batch_get_documents", "commit"] * 3
+    # Without a load first the write reads the record itself.
+    other = FirestoreBackend(project=backend.client.project)
+    assert await other.store(KEY, Write({"e": b"5"})) is True
+    assert await backend.load(KEY, touch=False) == Record(
+        {"b": b"2", "c": b"3", "d": b"4", "e": b"5"}, True
+    )
+
+
 @pytest.mark.anyio
 async def test_delete(backend: FirestoreBackend) -> None:
     await backend.delete(KEY)  # missing is fine
-    await backend.store(KEY, {"a": b"1"}, (), permanent=False, ttl=600)
+    await backend.store(KEY, create({"a": b"1"}))
     await backend.delete(KEY)
     assert await backend.load(KEY, touch=False) is None
     assert not (await snapshot(backend, KEY)).exists
@@ -193,19 +235,13 @@ async def test_delete(backend: FirestoreBackend) -> None:
 
 @pytest.mark.anyio
 async def test_expired_document_reads_as_none(backend: FirestoreBackend) -> None:
-    await backend.store(KEY, {"a": b"1"}, (), permanent=False, ttl=1)
+    await backend.store(KEY, create({"a": b"1"}, ttl=1))
     await anyio.sleep(1.2)
     assert await backend.load(KEY, touch=True) is None
     assert await backend.load(KEY, touch=False) is None
     # Deleting is left to the TTL policy (up to a day late); nothing was refreshed meanwhile.
     data = await stored(backend, KEY)
     assert data["expires"] < datetime.now(timezone.utc)
-
-
-@pytest.mark.anyio
-async def test_document_without_expiry_reads_as_none(backend: FirestoreBackend) -> None:
-    await raw(backend, KEY).set({"f": {"a": "1"}})
-    assert await backend.load(KEY, touch=True) is None
 
 
 async def update_time(backend: FirestoreBackend) -> datetime:
@@ -216,7 +252,7 @@ async def update_time(backend: FirestoreBackend) -> datetime:
 
 @pytest.mark.anyio
 async def test_touch_writes_only_after_half_the_lifetime(backend: FirestoreBackend) -> None:
-    await backend.store(KEY, {"a": b"1"}, (), permanent=True, ttl=1000)
+    await backend.store(KEY, create({"a": b"1"}, permanent=True, ttl=1000))
     written = await update_time(backend)
     for _ in range(3):
         assert await backend.load(KEY, touch=True) == Record({"a": b"1"}, True)
@@ -241,7 +277,7 @@ async def test_touch_writes_only_after_half_the_lifetime(backend: FirestoreBacke
 async def test_refresh_never_resurrects_or_overrides(
     backend: FirestoreBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await backend.store(KEY, {"a": b"1"}, (), permanent=False, ttl=1000)
+    await backend.store(KEY, create({"a": b"1"}, ttl=1000))
     await raw(backend, KEY).update({"expires": datetime.now(timezone.utc) + timedelta(seconds=9)})
     original_get_all = backend.client.get_all
     meanwhile: list[Any] = []
@@ -255,7 +291,7 @@ async def test_refresh_never_resurrects_or_overrides(
     monkeypatch.setattr(backend.client, "get_all", get_all_then_interfere)
 
     # A request made the session permanent between our read and our refresh.
-    meanwhile.append(lambda: backend.store(KEY, {}, (), permanent=True, ttl=100_000))
+    meanwhile.append(lambda: backend.store(KEY, Write({}, (), True, 100_000)))
     assert await backend.load(KEY, touch=True) is not None
     left = (await stored(backend, KEY))["expires"] - datetime.now(timezone.utc)
     assert left > timedelta(seconds=99_000)
@@ -267,19 +303,110 @@ async def test_refresh_never_resurrects_or_overrides(
     assert not (await snapshot(backend, KEY)).exists
 
 
-# -- garbage ----------------------------------------------------------------------------------
+# -- documents this store did not write -------------------------------------------------------
+
+
+def ours(**changes: Any) -> dict[str, Any]:
+    """A record of this store's shape with ``changes`` (MISSING: the field left out)."""
+    doc = {"f": {"a": '"x"'}, "expires": FUTURE, "ttl": 600, "permanent": False, **changes}
+    return {k: v for k, v in doc.items() if v is not MISSING}
+
+
+MISSING = object()
+PICKLE = b"\x80\x04\x95\x0b\x00\x00\x00\x00\x00\x00\x00\x8c\x02os\x94."
+FOREIGN: dict[str, dict[str, Any]] = {
+    "another library's": {"id": SID, "val": PICKLE, "expiration": FUTURE},
+    "only f": {"f": {"a": "1"}},
+    "f not a map": ours(f="not a map"),
+    "f a list": ours(f=["a"]),
+    "f null": ours(f=None),
+    "no expires": ours(expires=MISSING),
+    "expires a string": ours(expires="tomorrow"),
+    "expires a number": ours(expires=1e12),
+    "ttl a string": ours(ttl="600"),
+    "ttl negative": ours(ttl=-600),
+    "ttl null": ours(ttl=None),
+    "ttl a bool": ours(ttl=True),
+    "ttl a map": ours(ttl={"s": 600}),
+    "ttl a fraction": ours(ttl=600.5),
+    "permanent a number": ours(permanent=1),
+    "permanent a string": ours(permanent="yes"),
+    "no permanent": ours(permanent=MISSING),
+    "value a number": ours(f={"a": 5}),
+    "value a map": ours(f={"a": {"x": "y"}}),
+    "value null": ours(f={"a": None}),
+    "name badly escaped": ours(f={"a%41": '"x"'}),
+    "name with a stray %": ours(f={"x%": '"x"'}),
+    "name not UTF-8 escaped": ours(f={"%FF": '"x"'}),
+}
 
 
 @pytest.mark.anyio
-async def test_planted_values_do_not_crash_load(backend: FirestoreBackend) -> None:
-    pickled = b"\x80\x04\x95\x0b\x00\x00\x00\x00\x00\x00\x00\x8c\x02os\x94."
-    await raw(backend, KEY).set({
-        "f": {"n": 5, "m": {"x": "y"}, "p": pickled, "ok": '"fine"', "none": None},
-        "expires": FUTURE, "ttl": "nonsense", "permanent": "yes",
-    })
-    assert await backend.load(KEY, touch=True) == Record({"p": pickled, "ok": b'"fine"'})
-    await raw(backend, KEY).set({"f": "not a map", "expires": FUTURE})
-    assert await backend.load(KEY, touch=False) == Record({})
+async def test_foreign_documents_read_as_no_session_and_only_a_new_session_replaces_them(
+    backend: FirestoreBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend.bind(name="sid", instance_path="")
+    for case, data in FOREIGN.items():
+        key = "session:" + new_id()
+        await raw(backend, key).set(data)
+        before = await snapshot(backend, key)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, "asyncsessions"):
+            assert await backend.load(key, touch=False) is None, case
+            assert await backend.load(key, touch=True) is None, case
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 2, case
+        assert f"'sid': unreadable record {masked(key)!r}" in warnings[0].getMessage(), case
+        # Neither a read nor an update from a request that loaded it touches it.
+        assert await backend.store(key, Write({"b": b"1"}, ["a"])) is False, case
+        assert await backend.store(key, Write({"b": b"1"}, (), True, 600)) is False, case
+        after = await snapshot(backend, key)
+        assert (after.to_dict(), after.update_time) == (before.to_dict(), before.update_time)
+        # A new session under that key replaces it whole.
+        assert await backend.store(key, create({"b": b"1"}, ttl=60)) is True, case
+        data = await stored(backend, key)
+        assert set(data) == {"f", "expires", "ttl", "permanent"}, case
+        assert (data["f"], data["ttl"], data["permanent"]) == ({"b": "1"}, 60, False), case
+        assert await backend.load(key, touch=True) == Record({"b": b"1"}), case
+
+
+@pytest.mark.anyio
+async def test_bytes_that_are_no_text_are_a_value(backend: FirestoreBackend) -> None:
+    # What the store writes for a value that is not UTF-8; the engine drops what it can't read.
+    await raw(backend, KEY).set(ours(f={"p": PICKLE, "ok": '"fine"'}))
+    assert await backend.load(KEY, touch=True) == Record({"p": PICKLE, "ok": b'"fine"'})
+
+
+@pytest.mark.parametrize("case", ["another library's", "f not a map", "ttl a string",
+                                  "value a number"])
+def test_foreign_document_is_a_fresh_session_with_a_warning(
+    make_driver: Any, project: str, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    d = make_driver({"SESSION_CONFIG": [{
+        "cookie_name": "sid", "session_type": "firestore", "project": project,
+        "key_prefix": "app:",
+    }]})
+    sid = new_id()
+    probe = firestore.Client(project=project)
+    try:
+        document = probe.collection("sessions").document("app:" + sid)
+        document.set(FOREIGN[case])
+        before = document.get()
+        d.set_cookie("sid", sid)
+        with caplog.at_level(logging.WARNING, "asyncsessions"):
+            reply = d.get()
+        assert (reply.status, reply.json) == (200, {})
+        assert f"unreadable record {masked('app:' + sid)!r}" in caplog.text
+        assert d.post("set", {"user": "ada"}).status == 200
+        new = d.cookies()["sid"]
+        assert new != sid  # a fresh session, never the foreign document's id
+        written = probe.collection("sessions").document("app:" + new).get().to_dict()
+        assert (written or {}).get("f") == {"user": '"ada"'}
+        assert d.show() == {"user": "'ada'"}
+        after = document.get()  # left as it was
+        assert (after.to_dict(), after.update_time) == (before.to_dict(), before.update_time)
+    finally:
+        probe._firestore_api.transport.close()
 
 
 # -- clients ----------------------------------------------------------------------------------
@@ -290,7 +417,7 @@ async def test_async_client_is_cloned_per_loop(project: str) -> None:
     given = firestore.AsyncClient(project=project, database="(default)")
     backend = FirestoreBackend(client=given, collection="apps/web/sessions")
     try:
-        await backend.store(KEY, {"a": b"1"}, (), permanent=False, ttl=600)
+        await backend.store(KEY, create({"a": b"1"}))
         assert backend.client is not given
         assert (backend.client.project, backend.client._database) == (project, "(default)")
         doc = given.collection("apps/web/sessions").document(KEY)
@@ -309,7 +436,7 @@ async def test_clones_keep_talking_to_the_emulator(
     monkeypatch.delenv("FIRESTORE_EMULATOR_HOST")  # after the client chose the emulator
     backend = FirestoreBackend(client=given)
     try:
-        await backend.store(KEY, {"a": b"1"}, (), permanent=False, ttl=600)
+        await backend.store(KEY, create({"a": b"1"}))
         assert await backend.load(KEY, touch=False) == Record({"a": b"1"})
     finally:
         await close_loop_clients()
@@ -320,7 +447,7 @@ async def test_sync_client_is_adapted(project: str) -> None:
     given = firestore.Client(project=project)
     backend = FirestoreBackend(client=given)
     try:
-        await backend.store(KEY, {"a": b"1"}, (), permanent=False, ttl=600)
+        await backend.store(KEY, create({"a": b"1"}))
         assert isinstance(backend.client, firestore.AsyncClient)
         assert backend.client.project == project
         written = given.collection("sessions").document(KEY).get().to_dict()
@@ -367,6 +494,20 @@ def test_bad_options(options: dict[str, Any], error: type[Exception], message: s
         FirestoreBackend(**options)
 
 
+@pytest.mark.parametrize(("options", "location"), [
+    (dict, "firestore://(project from the environment)/(default)/sessions"),
+    (lambda: {"project": "p", "database": "d", "collection": "apps/web/sessions"},
+     "firestore://p/d/apps/web/sessions"),
+    (lambda: {"client": firestore.AsyncClient(project="q", credentials=AnonymousCredentials())},
+     "firestore://q/(default)/sessions"),
+], ids=["environment", "options", "client"])
+def test_location_names_project_database_and_collection(
+    options: Callable[[], dict[str, Any]], location: str
+) -> None:
+    # The clients are never used: nothing connects, nothing needs closing.
+    assert FirestoreBackend(**options()).location == location
+
+
 def test_client_with_project_is_refused(emulator: FirestoreEmulator, tmp_path: Any) -> None:
     entry = {"cookie_name": "s", "session_type": "firestore",
              "client": firestore.AsyncClient(project="p"), "database": "other"}
@@ -385,12 +526,12 @@ async def test_unreachable_emulator_fails_then_recovers(
         with anyio.fail_after(seconds):
             return await backend.load(KEY, touch=False)
 
-    await backend.store(KEY, {"a": b"1"}, (), permanent=False, ttl=600)
+    await backend.store(KEY, create({"a": b"1"}))
     with emulator.down(), pytest.raises((TimeoutError, ServiceUnavailable)):
         await load_within(3)
     # The emulator keeps no data across restarts; the same client reconnects.
     assert await backend.load(KEY, touch=False) is None
-    await backend.store(KEY, {"a": b"2"}, (), permanent=False, ttl=600)
+    await backend.store(KEY, create({"a": b"2"}))
     assert await backend.load(KEY, touch=False) == Record({"a": b"2"})
 
 
@@ -438,10 +579,12 @@ def test_end_to_end_drops_a_planted_value(framework: str, project: str) -> None:
         async def plant() -> None:
             client = firestore.AsyncClient(project=project)
             doc = client.collection("sessions").document("session:" + sid)
-            await doc.set({"f": {"b": b"\x80\x04pickle", "c": 3}}, merge=True)
+            await doc.set({"f": {"b": b"\x80\x04pickle"}}, merge=True)
             await client._firestore_api_internal.transport.close()  # type: ignore[attr-defined]
 
         anyio.run(plant)
         assert driver.show() == {"a": "1"}
+        driver.post("set", {"c": 3})  # the next write removes the planted value
+        assert driver.show() == {"a": "1", "c": "3"}
     finally:
         driver.close()

@@ -4,12 +4,21 @@ Layout of the document ``{collection}/{escaped key}``::
 
     f          map   escaped session field name -> value (UTF-8 JSON text as a string)
     expires    timestamp when the session ends; the field for a Firestore TTL policy
-    ttl        int   the lifetime in seconds the session was last written with
+    ttl        int   the lifetime in seconds the session was last given
     permanent  bool
 
-Every ``store()`` is one ``set(..., merge=True)``: changed fields are set and removed ones
-deleted under ``f`` by field path, so two requests that change different fields of one
-session both survive, and ``expires``/``ttl``/``permanent`` are rewritten in the same write.
+A document of any other shape (another library's, or damaged) reads as no session, with a
+warning, and is left as it is; only a new session's write replaces it, with one ``set``.
+
+Any other write is one ``update`` of the changed and removed fields under ``f`` by field path,
+so two requests that change different fields of one session both survive. Firestore checks
+no content, so the store checks what it read: a write applies only to a live record of this
+store's shape that a load (or a write) of this process has just seen, and is conditional on
+what it relies on. A plain write needs the document to still exist (a session deleted by a
+concurrent logout stays deleted). One that removes fields, or restarts the lifetime, needs it
+unchanged since it was seen (its ``update_time``): whether it leaves fields, and which
+lifetime the record has, is known only then; otherwise the store reads the document again
+and retries. A write that leaves no field deletes the document, on the same condition.
 
 Expiry: Firestore deletes expired documents only if the user configures a TTL policy on
 ``expires`` for the collection group (once per project)::
@@ -22,9 +31,10 @@ passed as absent. Without the policy expired documents are never read, only kept
 Sliding refresh: Firestore has no read-and-touch, so refreshing on every read would turn each
 read-only request into a read plus a write. ``load(touch=True)`` rewrites ``expires`` only
 once more than half the lifetime has elapsed: a read-only request costs one read, and one
-update at most once per half lifetime. The update carries the read's ``update_time`` as a
-precondition, so it never resurrects a session deleted meanwhile nor overrides the expiry of
-a write that came in between (that write set its own).
+update at most once per half lifetime (a write that keeps the flag restarts it the same
+way). The update carries the read's ``update_time`` as a precondition, so it never
+resurrects a session deleted meanwhile nor overrides the expiry of a write that came in
+between (that write set its own).
 
 Field values are indexed by default; exempting ``f`` saves index writes per request::
 
@@ -33,24 +43,36 @@ Field values are indexed by default; exempting ``f`` saves index writes per requ
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import re
 import urllib.parse
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar
 
 from google.api_core.exceptions import FailedPrecondition, NotFound
 from google.cloud import firestore
+from google.cloud.firestore_v1._helpers import WriteOption
 from google.cloud.firestore_v1.async_document import AsyncDocumentReference
+from google.cloud.firestore_v1.base_document import DocumentSnapshot
+from google.cloud.firestore_v1.field_path import FieldPath
 
-from .base import ID_LENGTH, ClientBackend, Record
+from .base import ID_LENGTH, ClientBackend, Record, Write
 
 __all__ = ["FirestoreBackend"]
+
+Snapshot = DocumentSnapshot[AsyncDocumentReference]
 
 # Names Firestore refuses as document ids or map keys (once "/" is escaped).
 _RESERVED = re.compile(r"__.*__|\.\.?|", re.DOTALL)
 _MAX_ID_BYTES = 1500
+# The last time a timestamp holds; a lifetime past it (nobody configures one) ends there.
+_LAST = datetime.max.replace(tzinfo=timezone.utc)
+#: Records remembered between a load and the write that follows it; more are forgotten.
+_SEEN_LIMIT = 10_000
+#: Reads and retries of one write that keeps meeting a concurrent change.
+_ATTEMPTS = 8
 
 
 def _escape(name: str) -> str:
@@ -75,15 +97,69 @@ def _to_firestore(value: bytes) -> str | bytes:
         return value
 
 
-def _from_firestore(stored: Any) -> dict[str, bytes]:
-    # Anything else was planted or corrupted: skip it rather than fail the request.
+class _NotOurs(Exception):
+    """A document this store did not write; the message says what gave it away."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """A live record of this store as a load or a write of this process last found it."""
+
+    update_time: datetime
+    expires: datetime
+    ttl: int
+    names: frozenset[str]  # escaped, as in "f"
+
+
+def _parse(snapshot: Snapshot) -> tuple[Record, _Seen] | None:
+    """The record in ``snapshot``, live or not; ``None`` if absent, :class:`_NotOurs` if no
+    record of this store."""
+    data = snapshot.to_dict()
+    if data is None or snapshot.update_time is None:
+        return None
+    expires, ttl, permanent = data.get("expires"), data.get("ttl"), data.get("permanent")
+    if not isinstance(expires, datetime):
+        raise _NotOurs("expires is not a timestamp")
+    if not (isinstance(ttl, int) and not isinstance(ttl, bool) and ttl > 0):
+        raise _NotOurs("ttl is not a positive whole number")
+    if not isinstance(permanent, bool):
+        raise _NotOurs("permanent is not true or false")
+    stored = data.get("f", {})  # a write that only set the flag may have found none
     if not isinstance(stored, dict):
-        return {}
-    return {
-        _unescape(name): value.encode("utf-8") if isinstance(value, str) else value
-        for name, value in stored.items()
-        if isinstance(value, (str, bytes))
-    }
+        raise _NotOurs("f is not a map")
+    fields: dict[str, bytes] = {}
+    for name, value in stored.items():
+        if _escape(_unescape(name)) != name:
+            raise _NotOurs("a name in f is not escaped")
+        if isinstance(value, str):
+            value = value.encode("utf-8")
+        elif not isinstance(value, bytes):
+            raise _NotOurs("a value in f is neither text nor bytes")
+        fields[_unescape(name)] = value
+    seen = _Seen(snapshot.update_time, expires, ttl, frozenset(stored))
+    return Record(fields, permanent), seen
+
+
+def _expiry(now: datetime, ttl: int) -> datetime:
+    try:
+        return now + timedelta(seconds=ttl)
+    except OverflowError:
+        return _LAST
+
+
+def _due(seen: _Seen, now: datetime) -> bool:
+    """Whether the record's lifetime should restart: more than half of it is gone."""
+    return (seen.expires - now).total_seconds() < seen.ttl / 2 and (
+        _expiry(now, seen.ttl) > seen.expires
+    )
+
+
+def _unchanged(seen: _Seen) -> WriteOption:
+    return firestore.AsyncClient.write_option(last_update_time=seen.update_time)
+
+
+def _field(name: str) -> str:
+    return FieldPath("f", name).to_api_repr()
 
 
 class FirestoreBackend(ClientBackend[firestore.AsyncClient]):
@@ -127,12 +203,17 @@ class FirestoreBackend(ClientBackend[firestore.AsyncClient]):
             raise ValueError("give client, or project and database, not both")
         elif isinstance(client, (firestore.AsyncClient, firestore.Client)):
             self._make = _cloner(client)
+            project, database = client.project, client._database
         else:
             raise TypeError(
                 "client must be google.cloud.firestore.AsyncClient, e.g. "
                 "firestore.AsyncClient(project='my-project'), "
                 f"not {type(client).__qualname__}"
             )
+        # A project left to the environment is the same for every store of the app.
+        self.location = (f"firestore://{project or '(project from the environment)'}/"
+                         f"{database or '(default)'}/{collection}")
+        self._seen: dict[str, _Seen] = {}
 
     def check_key_prefix(self, prefix: str) -> None:
         # Measure the escaped id: "/" and "%" grow threefold, and ids of "_" can be reserved.
@@ -154,51 +235,122 @@ class FirestoreBackend(ClientBackend[firestore.AsyncClient]):
     def _document(self, key: str) -> AsyncDocumentReference:
         return self.client.collection(self._collection).document(_escape(key))
 
-    async def load(self, key: str, *, touch: bool) -> Record | None:
-        document = self._document(key)
+    async def _read(self, document: AsyncDocumentReference) -> Snapshot:
         # Not document.get(): it stops reading the stream after the document, and the open
         # call can outlive its event loop, failing in another one when the connection drops.
         [snapshot] = [s async for s in self.client.get_all([document])]
-        data = snapshot.to_dict()
-        if data is None:
+        return snapshot
+
+    def _remember(self, key: str, seen: _Seen | None) -> None:
+        if seen is None:
+            self._seen.pop(key, None)
+            return
+        if len(self._seen) >= _SEEN_LIMIT:
+            self._seen.clear()  # a forgotten record costs its next write one read
+        self._seen[key] = seen
+
+    async def load(self, key: str, *, touch: bool) -> Record | None:
+        document = self._document(key)
+        snapshot = await self._read(document)
+        try:
+            found = _parse(snapshot)
+        except _NotOurs as exc:
+            self._remember(key, None)
+            self.unreadable(key, str(exc))
             return None
         now = datetime.now(timezone.utc)
-        expires, ttl = data.get("expires"), data.get("ttl")
-        if not isinstance(expires, datetime) or expires <= now:
+        if found is None or found[1].expires <= now:
+            self._remember(key, None)
             return None
-        if touch and isinstance(ttl, int) and expires - now < timedelta(seconds=ttl / 2):
-            # Written or deleted since the read: that write set its own expiry, or none is due.
-            with contextlib.suppress(FailedPrecondition, NotFound):
-                await document.update(
-                    {"expires": now + timedelta(seconds=ttl)},
-                    option=firestore.AsyncClient.write_option(
-                        last_update_time=snapshot.update_time
-                    ),
-                )
-        return Record(_from_firestore(data.get("f")), data.get("permanent") is True)
+        record, seen = found
+        if touch and _due(seen, now):
+            expires = _expiry(now, seen.ttl)
+            try:
+                result = await document.update({"expires": expires}, option=_unchanged(seen))
+            except (FailedPrecondition, NotFound):
+                pass  # written or deleted since the read: that write set its own expiry
+            else:
+                seen = dataclasses.replace(seen, update_time=result.update_time,
+                                           expires=expires)
+        self._remember(key, seen)
+        return record
 
-    async def store(
-        self,
-        key: str,
-        changed: Mapping[str, bytes],
-        removed: Collection[str],
-        *,
-        permanent: bool,
-        ttl: int,
-    ) -> None:
-        fields: dict[str, Any] = {_escape(k): _to_firestore(v) for k, v in changed.items()}
-        fields.update((_escape(k), firestore.DELETE_FIELD) for k in removed)
-        document: dict[str, Any] = {
-            "expires": datetime.now(timezone.utc) + timedelta(seconds=ttl),
-            "ttl": ttl,
-            "permanent": permanent,
-        }
-        if fields:  # an empty map would replace the stored one, fields and all
-            document["f"] = fields
-        await self._document(key).set(document, merge=True)
+    async def store(self, key: str, write: Write) -> bool:
+        if write.permanent is None and write.create:
+            raise ValueError("a new record needs its permanent flag and ttl")
+        if write.permanent is not None and write.ttl is None:
+            raise ValueError("a write that sets the permanent flag needs its ttl")
+        document = self._document(key)
+        if not write.create:
+            return await self._update(key, document, write)
+        if not write.changed:
+            await self.delete(key)  # a record without fields is none
+            return True
+        # A new id: whatever is under it is another program's, replaced whole.
+        assert write.ttl is not None
+        stored = {_escape(name): _to_firestore(value) for name, value in write.changed.items()}
+        expires = _expiry(datetime.now(timezone.utc), write.ttl)
+        result = await document.set(
+            {"f": stored, "expires": expires, "ttl": write.ttl, "permanent": write.permanent}
+        )
+        self._remember(key, _Seen(result.update_time, expires, write.ttl, frozenset(stored)))
+        return True
+
+    async def _update(self, key: str, document: AsyncDocumentReference, write: Write) -> bool:
+        seen, attempts = self._seen.get(key), 0
+        while True:
+            now = datetime.now(timezone.utc)
+            if seen is None or seen.expires <= now:
+                try:
+                    found = _parse(await self._read(document))
+                except _NotOurs:
+                    found = None  # the load that let this write through has warned
+                if found is None or found[1].expires <= now:
+                    self._remember(key, None)
+                    return False  # deleted, expired or not ours: nothing to update
+                seen = found[1]
+            try:
+                self._remember(key, await _apply(document, seen, write, now))
+                return True
+            except (FailedPrecondition, NotFound):
+                attempts += 1
+                if attempts == _ATTEMPTS:
+                    raise
+                seen = None  # changed or deleted since it was seen: look again
 
     async def delete(self, key: str) -> None:
+        self._remember(key, None)
         await self._document(key).delete()
+
+
+async def _apply(
+    document: AsyncDocumentReference, seen: _Seen, write: Write, now: datetime
+) -> _Seen | None:
+    """Apply ``write`` to the record as ``seen``; what it is now, if that is known."""
+    changed = {_escape(name): _to_firestore(value) for name, value in write.changed.items()}
+    removed = {_escape(name) for name in write.removed}
+    names = (seen.names - removed) | changed.keys()
+    if not names:
+        await document.delete(option=_unchanged(seen))
+        return None
+    update: dict[str, Any] = {_field(name): value for name, value in changed.items()}
+    update.update((_field(name), firestore.DELETE_FIELD) for name in removed - changed.keys())
+    ttl, expires = seen.ttl, seen.expires
+    # Removals decide whether fields are left, and a restart needs the record's own
+    # lifetime: both only hold for the record as seen. Anything else needs it to exist.
+    exact = bool(removed)
+    if write.permanent is not None and write.ttl is not None:
+        ttl, expires = write.ttl, _expiry(now, write.ttl)
+        update.update(expires=expires, ttl=ttl, permanent=write.permanent)
+    elif _due(seen, now):
+        expires = _expiry(now, ttl)
+        update["expires"] = expires
+        exact = True
+    if not update:
+        update["expires"] = expires  # nothing to change, but it must still exist
+    result = await document.update(update, option=_unchanged(seen) if exact else None)
+    # Which fields a write of fields alone left is known only if none came meanwhile.
+    return _Seen(result.update_time, expires, ttl, frozenset(names)) if exact else None
 
 
 def _cloner(

@@ -1,19 +1,20 @@
-"""MongoDB store: one document per session, written field by field, expiry refreshed on the read."""
+"""MongoDB store: one document per session, written field by field, expiry checked on load."""
 
 from __future__ import annotations
 
 import logging
 import re
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, TypeGuard
 
 import pymongo
+from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
-from .base import ClientBackend, Record
+from .base import ClientBackend, Record, Write
 
 __all__ = ["MongoDBBackend"]
 
@@ -27,8 +28,14 @@ Document = dict[str, Any]
 _ESCAPES = {ord(char): f"%{ord(char):02X}" for char in "%.$\0"}
 _ESCAPED = re.compile("%(25|2E|24|00)")
 _EMPTY = "%"
+# Every name _escape() writes, for Python's re and the server's PCRE alike: the lookahead ends
+# the text where PCRE's "$" would also accept a final newline.
+_STORED_NAME = r"^(?:%|(?:[^%.$\x00]|%(?:25|2E|24|00))+)(?![\s\S])"
+_STORED_NAME_RE = re.compile(_STORED_NAME)
 
-_PROJECTION = {"f": 1, "permanent": 1, "ttl": 1, "touched": 1, "expires_at": 1}
+_PROJECTION = {"f": 1, "permanent": 1, "ttl": 1, "touched": 1}
+# The last date a datetime holds; an absurd ttl's index date stops there.
+_LAST_TIMESTAMP = datetime(9999, 12, 31, tzinfo=timezone.utc).timestamp()
 _BAD_DB_CHARS = frozenset(' ./\\"$\0')
 
 
@@ -47,21 +54,27 @@ class MongoDBBackend(ClientBackend[AsyncClient]):
          "touched": Unix time, "expires_at": Unix time, "expires": date}
 
     Field names are percent-escaped (``%``, ``.``, ``$``, NUL) and values kept as strings,
-    so nothing is converted. A write is one ``update_one`` (``$set`` the changed fields,
-    ``$unset`` the removed ones, upsert): concurrent requests that change different fields
-    both survive.
+    so nothing is converted. A document of any other shape (another library's, or damaged)
+    reads as no session, with a warning, and is left as it is; only a new session's write
+    replaces it. A new session is one ``replace_one`` (upsert). Any other write is one
+    ``find_one_and_update`` (``$set`` the changed fields, ``$unset`` the removed ones) whose
+    filter admits only a live record of this store's shape: concurrent requests that change
+    different fields all survive, and a record deleted, expired or replaced meanwhile is
+    left alone. A write that removed the last field then deletes the record if it is still
+    empty.
 
     A session is live while ``now < touched + ttl``; ``ttl`` is stored because a permanent
-    session's differs and only the record knows which it has. A refreshing read is one
-    ``find_one_and_update`` whose filter checks liveness with ``$expr`` (so an expired record
-    is never revived) and which sets ``touched`` to now. MongoDB's TTL index (on ``expires``,
+    session's differs and only the record knows which it has. A read is one ``find_one``
+    and never writes, except that a refreshing read more than half-way through the lifetime
+    restarts it (``touched`` and the TTL-index date) with one ``update_one``, which skips a
+    record that expired or was written meanwhile. MongoDB's TTL index (on ``expires``,
     ``expireAfterSeconds=0``, created at the first write unless ``create_index=False``) only
-    cleans up: no update operator can add the stored ``ttl`` to the time (an update pipeline
-    can, but not on every server that speaks the protocol), so ``expires`` is written as
-    ``now + 1.5 * ttl``, mirrored by the number ``expires_at``, and a read that finds it
-    before its own new expiry moves it on with a second update, at most once per ``ttl / 2``.
-    Dead records linger up to ``ttl / 2`` (plus the monitor's minute) but are never read.
-    Times come from the app servers' clocks.
+    cleans up: a write that keeps the flag cannot compute the stored ``ttl`` into a date (an
+    update pipeline can, but not on every server that speaks the protocol), so ``expires``
+    is written as ``now + 1.5 * ttl``, mirrored by the number ``expires_at``, and a write
+    that finds it before its own new expiry moves it on with a second update, at most once
+    per ``ttl / 2``. Dead records linger up to ``ttl / 2`` (plus the monitor's minute) but
+    are never read. Times come from the app servers' clocks.
     """
 
     def __init__(
@@ -85,7 +98,9 @@ class MongoDBBackend(ClientBackend[AsyncClient]):
         self.db = db
         self.collection = collection
         self._index_pending = create_index
-        self._make = _cloner(_settings(client, url))
+        settings = _settings(client, url)
+        self._make = _cloner(settings)
+        self.location = f"{_servers(settings)}/{db}.{collection}"
 
     def _new_client(self) -> AsyncClient:
         return self._make()
@@ -100,47 +115,88 @@ class MongoDBBackend(ClientBackend[AsyncClient]):
     async def load(self, key: str, *, touch: bool) -> Record | None:
         sessions = self._sessions()
         now = time.time()
-        if not touch:
-            return _record(await sessions.find_one({"_id": key}, projection=_PROJECTION), now)
-        doc = await sessions.find_one_and_update(
-            {"$and": [{"_id": key}, _live_at(now)]},
-            {"$set": {"touched": now}},
-            projection=_PROJECTION,
-        )
-        record = _record(doc, now)
-        if record is not None and doc is not None:
-            ttl = doc["ttl"]
-            expires_at = doc.get("expires_at")
-            if not _is_number(expires_at) or expires_at < now + ttl:
-                # Skipped if a write changed the ttl meanwhile: it set its own expiry.
-                await sessions.update_one({"_id": key, "ttl": ttl}, {"$set": _expiry(now, ttl)})
+        doc = await sessions.find_one({"_id": key}, projection=_PROJECTION)
+        if doc is None:
+            return None
+        try:
+            record = _record(doc)
+        except _NotOurs as exc:
+            self.unreadable(key, str(exc))
+            return None
+        touched, ttl = doc["touched"], doc["ttl"]
+        if not touched + ttl > now:
+            return None
+        if touch and now - touched > ttl / 2:
+            # Skipped if the record expired or was written (and so restarted) meanwhile.
+            await sessions.update_one(
+                {"_id": key, "ttl": ttl, "touched": {"$gt": now - ttl, "$lt": now - ttl / 2}},
+                {"$set": {"touched": now, **_expiry(now, ttl)}},
+            )
         return record
 
-    async def store(
-        self,
-        key: str,
-        changed: Mapping[str, bytes],
-        removed: Collection[str],
-        *,
-        permanent: bool,
-        ttl: int,
-    ) -> None:
+    async def store(self, key: str, write: Write) -> bool:
         sessions = self._sessions()
         now = time.time()
-        values = {_path(name): value.decode("utf-8") for name, value in changed.items()}
-        update: Document = {
-            "$set": {**values, "permanent": int(permanent), "ttl": ttl, "touched": now,
-                     **_expiry(now, ttl)},
-        }
-        if removed:
-            update["$unset"] = {_path(name): "" for name in removed}
-        await sessions.update_one({"_id": key}, update, upsert=True)
-        if self._index_pending:
+        if write.create:
+            written = await _create(sessions, key, write, now)
+        else:
+            written = await _update(sessions, key, write, now)
+        if written and self._index_pending:
             self._index_pending = False
             await _create_ttl_index(sessions)
+        return written
 
     async def delete(self, key: str) -> None:
         await self._sessions().delete_one({"_id": key})
+
+
+async def _create(
+    sessions: AsyncCollection[Document], key: str, write: Write, now: float
+) -> bool:
+    if write.permanent is None or write.ttl is None:
+        raise ValueError("a new record needs its permanent flag and ttl")
+    if not write.changed:
+        await sessions.delete_one({"_id": key})  # a record without fields is none
+        return True
+    # A new id: whatever is under it is another program's, replaced whole. The _id is in
+    # the replacement too: some servers take it only from there when they insert.
+    await sessions.replace_one({"_id": key}, {
+        "_id": key, "f": {_escape(name): _text(value) for name, value in write.changed.items()},
+        **_flag(write.permanent, write.ttl, now),
+    }, upsert=True)
+    return True
+
+
+async def _update(
+    sessions: AsyncCollection[Document], key: str, write: Write, now: float
+) -> bool:
+    values = {_path(name): _text(value) for name, value in write.changed.items()}
+    if write.permanent is None:
+        update: Document = {"$set": {**values, "touched": now}}
+    elif write.ttl is None:
+        raise ValueError("a write that sets the permanent flag needs its ttl")
+    else:
+        update = {"$set": {**values, **_flag(write.permanent, write.ttl, now)}}
+    if write.removed:
+        update["$unset"] = {_path(name): "" for name in write.removed}
+    emptying = bool(write.removed) and not write.changed
+    doc = await sessions.find_one_and_update(
+        {"$and": [{"_id": key}, {"$expr": {"$cond": [_OURS, _alive(now), False]}}]},
+        update,
+        projection={"f": 1, "ttl": 1, "expires_at": 1} if emptying else {"ttl": 1, "expires_at": 1},
+        return_document=ReturnDocument.AFTER,
+    )
+    if doc is None:
+        return False  # deleted, expired or not ours: nothing to update
+    if emptying and doc.get("f") == {}:
+        # Only while still empty: a field another request added meanwhile keeps it alive.
+        await sessions.delete_one({"$and": [{"_id": key}, _NO_FIELDS]})
+    elif write.permanent is None:
+        ttl, expires_at = doc["ttl"], doc.get("expires_at")
+        if not _is_number(expires_at) or expires_at < now + ttl:
+            # Skipped if a write changed the ttl meanwhile: it set its own expiry.
+            await sessions.update_one({"_id": key, "ttl": ttl}, {"$set": _expiry(now, ttl)})
+    return True
 
 
 def _settings(client: Any, url: str | None) -> dict[str, Any]:
@@ -173,6 +229,25 @@ def _cloner(settings: dict[str, Any]) -> Callable[[], AsyncClient]:
     return clone
 
 
+def _servers(settings: dict[str, Any]) -> str:
+    """The servers ``settings`` connect to, as a URL without credentials or options."""
+    host, port = settings.get("host") or "localhost", settings.get("port") or 27017
+    scheme = "mongodb"
+    seeds: list[str] = []
+    for item in [host] if isinstance(host, str) else list(host):
+        if "://" in item:
+            scheme, _, rest = item.partition("://")
+            seeds += re.split("[/?]", rest, maxsplit=1)[0].rpartition("@")[2].split(",")
+        else:
+            seeds.append(item)
+    # SRV names and socket paths take no port.
+    bare = scheme == "mongodb+srv"
+    return f"{scheme}://" + ",".join(
+        seed if bare or seed.endswith(".sock") or re.search(r":\d+$", seed)
+        else f"{seed}:{port}" for seed in seeds
+    )
+
+
 # Error messages never quote the value nor spell out the URL scheme (it contains "db"):
 # config blames the first option whose name appears in the message.
 
@@ -201,8 +276,12 @@ def _check_collection(collection: Any) -> None:
                          "not starting or ending with '.'")
 
 
+def _escape(name: str) -> str:
+    return name.translate(_ESCAPES) or _EMPTY
+
+
 def _path(name: str) -> str:
-    return "f." + (name.translate(_ESCAPES) or _EMPTY)
+    return "f." + _escape(name)
 
 
 def _name(stored: str) -> str:
@@ -211,41 +290,81 @@ def _name(stored: str) -> str:
     return _ESCAPED.sub(lambda match: chr(int(match[1], 16)), stored)
 
 
+def _text(value: bytes) -> str:
+    return value.decode("utf-8")
+
+
 def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _live_at(now: float) -> Document:
-    """A filter for records alive at ``now``; one with odd types (not ours) never matches."""
-    # $cond evaluates only the branch taken, so $add never sees a non-number.
-    numbers = {"$and": [{"$isNumber": "$touched"}, {"$isNumber": "$ttl"}]}
-    alive = {"$gt": [{"$add": ["$touched", "$ttl"]}, now]}
-    return {"$expr": {"$cond": [numbers, alive, False]}}
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _record(doc: Document | None, now: float) -> Record | None:
-    """The session in ``doc``, or ``None`` if there is none, it expired or it is not ours."""
-    if doc is None:
-        return None
-    touched, ttl = doc.get("touched"), doc.get("ttl")
-    if not (_is_number(touched) and _is_number(ttl)) or touched + ttl <= now:
-        return None
+def _has_type(path: str, *bson_types: str) -> Document:
+    return {"$in": [{"$type": path}, list(bson_types)]}
+
+
+# The records _record() reads, for the filter of an update: it never merges into another.
+_OURS: Document = {"$and": [
+    _has_type("$ttl", "int", "long"), {"$gt": ["$ttl", 0]},
+    _has_type("$touched", "int", "long", "double"),
+    _has_type("$permanent", "int", "long"), {"$in": ["$permanent", [0, 1]]},
+    {"$cond": [
+        _has_type("$f", "object"),
+        {"$allElementsTrue": [{"$map": {
+            "input": {"$objectToArray": "$f"},
+            "in": {"$and": [
+                _has_type("$$this.v", "string"),
+                {"$regexMatch": {"input": "$$this.k", "regex": _STORED_NAME}},
+            ]},
+        }}]},
+        False,
+    ]},
+]}
+_NO_FIELDS: Document = {"$expr": {"$eq": ["$f", {"$literal": {}}]}}
+
+
+def _alive(now: float) -> Document:
+    # Only where _OURS holds: $add fails on anything but numbers.
+    return {"$gt": [{"$add": ["$touched", "$ttl"]}, now]}
+
+
+class _NotOurs(Exception):
+    """A document this store did not write; the message says what gave it away."""
+
+
+def _record(doc: Document) -> Record:
+    """The session in ``doc``, live or not; :class:`_NotOurs` if it is not a record."""
+    touched, ttl, permanent = doc.get("touched"), doc.get("ttl"), doc.get("permanent")
+    if not _is_number(touched):
+        raise _NotOurs("touched is not a time")
+    if not (_is_int(ttl) and ttl > 0):
+        raise _NotOurs("ttl is not a positive whole number")
+    if not (_is_int(permanent) and permanent in (0, 1)):
+        raise _NotOurs("permanent is not 0 or 1")
     stored = doc.get("f")
+    if not isinstance(stored, dict):
+        raise _NotOurs("f is not a document")
     fields: dict[str, bytes] = {}
-    for name, value in (stored.items() if isinstance(stored, dict) else ()):
-        # Anything but text is not ours: bytes go to the engine, which drops what it can't
-        # read (and removes it at the next write); other types are left out.
-        if isinstance(value, str):
-            fields[_name(name)] = value.encode("utf-8")
-        elif isinstance(value, bytes):
-            fields[_name(name)] = value
-    return Record(fields, doc.get("permanent") == 1)
+    for name, value in stored.items():
+        if not isinstance(value, str):
+            raise _NotOurs("a value in f is not a string")
+        if not _STORED_NAME_RE.match(name):
+            raise _NotOurs("a name in f is not escaped")
+        fields[_name(name)] = value.encode("utf-8")
+    return Record(fields, permanent == 1)
+
+
+def _flag(permanent: bool, ttl: int, now: float) -> Document:
+    return {"permanent": int(permanent), "ttl": ttl, "touched": now, **_expiry(now, ttl)}
 
 
 def _expiry(now: float, ttl: int) -> Document:
     expires_at = now + ttl + ttl / 2
-    return {"expires_at": expires_at,
-            "expires": datetime.fromtimestamp(expires_at, timezone.utc)}
+    expires = datetime.fromtimestamp(min(expires_at, _LAST_TIMESTAMP), timezone.utc)
+    return {"expires_at": expires_at, "expires": expires}
 
 
 async def _create_ttl_index(sessions: AsyncCollection[Document]) -> None:
