@@ -17,12 +17,12 @@ import asyncio
 import statistics
 import threading
 import time
-from collections.abc import Callable, Collection, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
-from asyncsessions import Backend, Record
+from asyncsessions import Backend, Record, Write
 
 T = TypeVar("T")
 
@@ -33,9 +33,8 @@ class NoopStore(Backend):
     async def load(self, key: str, *, touch: bool) -> Record | None:
         return Record({"user_id": b"42", "n": b"0"})
 
-    async def store(self, key: str, changed: Mapping[str, bytes], removed: Collection[str],
-                    *, permanent: bool, ttl: int) -> None:
-        return None
+    async def store(self, key: str, write: Write) -> bool:
+        return True
 
     async def delete(self, key: str) -> None:
         return None

@@ -20,7 +20,8 @@ def racing_view(make_driver: Any, action: str, data: dict[str, Any] | None = Non
         def race() -> str:
             flask.session.get("user")  # loaded before the other request runs
             cookie = {"Cookie": f"sid={flask.request.cookies['sid']}"}
-            other = flask.current_app.test_client(use_cookies=False).post(f"/{action}", json=body, headers=cookie)
+            client = flask.current_app.test_client(use_cookies=False)
+            other = client.post(f"/{action}", json=body, headers=cookie)
             flask.session["late"] = 1
             return other.headers.get("Set-Cookie", "")
 
@@ -89,7 +90,8 @@ def test_emptying_a_store_keeps_a_field_written_in_that_instant(
         def empty() -> str:
             proxy.pop("user")
             cookie = {"Cookie": f"sid={flask.request.cookies['sid']}"}
-            flask.current_app.test_client(use_cookies=False).post("/set", json={"cart": [1]}, headers=cookie)
+            client = flask.current_app.test_client(use_cookies=False)
+            client.post("/set", json={"cart": [1]}, headers=cookie)
             return "ok"
     else:
         async def empty() -> str:

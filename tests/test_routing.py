@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis
 
-from asyncsessions import Backend, Record
+from asyncsessions import Backend, Record, Write
 
 
 def seed_config(redis_url: str, prefix: str) -> dict[str, Any]:
@@ -112,13 +112,17 @@ class Sleepy(Backend):
         fields = self.data.get(key)
         return None if fields is None else Record(dict(fields))
 
-    async def store(self, key: str, changed: Any, removed: Any, *, permanent: bool,
-                    ttl: int) -> None:
+    async def store(self, key: str, write: Write) -> bool:
         await asyncio.sleep(self.delay)
+        if not write.create and key not in self.data:
+            return False
         record = self.data.setdefault(key, {})
-        record.update(changed)
-        for name in removed:
+        record.update(write.changed)
+        for name in write.removed:
             record.pop(name, None)
+        if not record:
+            del self.data[key]
+        return True
 
     async def delete(self, key: str) -> None:
         await asyncio.sleep(self.delay)

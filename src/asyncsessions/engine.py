@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
@@ -262,10 +262,9 @@ class Engine:
                     continue  # a websocket has no response to carry the new id
                 sid = new_id()
             assert sid is not None
-            if force:
-                changed = fields
-            else:
-                changed = {k: v for k, v in fields.items() if loaded.get(k) != v}
+            changed = fields if force else {
+                k: v for k, v in fields.items() if loaded.get(k) != v
+            }
             removed = [k for k in loaded if k not in fields]
             flag_changed = permanent != state.loaded_permanent
             write: Op | None = None

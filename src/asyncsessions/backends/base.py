@@ -136,7 +136,7 @@ class Store:
             self.name, masked(key), reason,
         )
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
+    async def close(self) -> None:
         """Release what the store holds outside any event loop."""
 
 
