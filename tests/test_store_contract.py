@@ -393,6 +393,13 @@ def test_an_unchanged_flag_is_kept(s: Harness) -> None:
     assert s.load(browser) == Record({"a": v(1), "b": v(2), "c": v(3)}, True)
 
 
+def test_a_new_session_replaces_a_record_under_its_id(s: Harness) -> None:
+    key = s.key()
+    s.create(key, {"old": v(1), "a": v(1)}, permanent=True)
+    s.create(key, {"a": v(2)}, permanent=False, ttl=600)
+    assert s.load(key) == Record({"a": v(2)}, False)  # replaced, never merged with
+
+
 def test_fifty_concurrent_writers_of_different_fields_all_land(
     s: Harness, request: pytest.FixtureRequest
 ) -> None:
