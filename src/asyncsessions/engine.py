@@ -24,8 +24,8 @@ from .backends.base import Backend, ClientSideBackend, Record, Write
 from .config import StoreConfig
 from .errors import SessionBackendError, SessionCookieTooLarge
 from .ids import IdCodec, new_id
-from .serialization import SerializationError, dumps, loads
-from .session import MultiStoreSession, NullSession, StoreState, UnavailableSession
+from .serialization import SerializationError, dumps
+from .session import LAZY, MultiStoreSession, NullSession, StoreState, UnavailableSession
 
 __all__ = ["Engine", "Op", "OpenPlan", "SavePlan"]
 
@@ -34,7 +34,6 @@ logger = logging.getLogger("asyncsessions")
 #: Browsers drop cookies whose name, value and attributes exceed 4096 bytes.
 COOKIE_LIMIT = 4093
 _ROUTE_CACHE_SIZE = 4096
-_IMMUTABLE = frozenset({str, int, float, bool, bytes, type(None)})
 
 
 @dataclass(slots=True, eq=False)
@@ -113,7 +112,7 @@ class Engine:
         ops: list[Op] = []
         codecs = self._id_codecs(secret_keys)
         for store, codec in zip(self.stores, codecs, strict=True):
-            state = StoreState(cookie=cookies.get(store.name) or None)
+            state = StoreState(store.name, cookie=cookies.get(store.name) or None)
             states.append(state)
             if state.cookie is None:
                 continue
@@ -161,29 +160,15 @@ class Engine:
             else:
                 state.loaded = op.result.fields
                 state.loaded_permanent = op.result.permanent
-        data: dict[str, Any] = {}
-        reusable: dict[str, tuple[Any, bytes]] = {}
+        raw: dict[str, bytes] = {}
         permanent = False
-        for store, state in zip(self.stores, states, strict=True):
-            if not state.loaded:
-                continue
-            permanent = permanent or state.loaded_permanent
-            for key, raw in state.loaded.items():
-                if key in data:
-                    continue
-                try:
-                    value = data[key] = loads(raw)
-                    if type(value) in _IMMUTABLE:
-                        reusable[key] = (value, raw)
-                except ValueError:
-                    # A planted or corrupt value is dropped (and so removed at the next save),
-                    # never executed or allowed to fail the request.
-                    logger.warning(
-                        "session store %r: dropped unreadable field %r", store.name, key
-                    )
-        session = MultiStoreSession(data, states, permanent)
-        session.reusable = reusable
-        return session
+        for state in states:
+            if state.loaded:
+                permanent = permanent or state.loaded_permanent
+                # Fields are decoded on first access (the session object does it); here the
+                # first store holding a field wins.
+                raw = {**state.loaded, **raw} if raw else state.loaded
+        return MultiStoreSession(None, states, permanent, raw=raw)
 
     # -- save ---------------------------------------------------------------------------------
 
@@ -201,10 +186,14 @@ class Engine:
             return SavePlan([], [], vary=False)
         per_store: list[dict[str, bytes]] = [{} for _ in self.stores]
         reusable = session.reusable
+        loaded = session.raw
         for key, value in dict.items(session):
-            # The very object that was loaded, and immutable: it serializes to what was loaded.
-            known = reusable.get(key)
-            raw = known[1] if known is not None and known[0] is value else dumps(value)
+            if value is LAZY:
+                raw = loaded[key]  # never decoded, so unchanged
+            else:
+                # The very object that was decoded, and immutable: it serializes to the same.
+                known = reusable.get(key)
+                raw = known[1] if known is not None and known[0] is value else dumps(value)
             owners = self._owners(key)
             for index in owners:
                 per_store[index][key] = raw

@@ -2,20 +2,43 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from flask.sessions import SessionMixin
 from werkzeug.datastructures import CallbackDict
 
+from .serialization import loads
+
 __all__ = ["MultiStoreSession", "NullSession", "StoreState", "UnavailableSession"]
+
+logger = logging.getLogger("asyncsessions")
+
+#: Types whose loaded value, if still the same object at save, serializes to what was loaded.
+_IMMUTABLE = frozenset({str, int, float, bool, bytes, type(None)})
+
+
+class _Lazy:
+    """The value of a field not decoded yet: a field never read cannot have changed."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<not decoded>"
+
+
+LAZY: Any = _Lazy()
 
 
 @dataclass(slots=True)
 class StoreState:
     """What one request knows about one store: its id, the loaded fields, its cookie."""
 
+    #: The store's cookie name (for log lines).
+    store: str = ""
     sid: str | None = None
     #: The cookie value the request brought (``None``: no cookie).
     cookie: str | None = None
@@ -40,12 +63,18 @@ class MultiStoreSession(CallbackDict[str, Any], SessionMixin):
     """
 
     def __init__(self, initial: dict[str, Any] | None, states: list[StoreState],
-                 permanent: bool = False) -> None:
+                 permanent: bool = False, *, raw: Mapping[str, bytes] | None = None) -> None:
         def on_update(self: MultiStoreSession) -> None:
             self._changed = True
             self.accessed = True
 
+        # Loaded fields start undecoded: a request pays for the fields it reads, not for the
+        # size of the session, and the save compares only fields that were decoded.
+        if raw:
+            initial = {**dict.fromkeys(raw, LAZY), **(initial or {})}
         super().__init__(initial, on_update)
+        #: The serialized form of every loaded field (first store holding it wins).
+        self.raw: Mapping[str, bytes] = raw or {}
         self._changed = False
         self.forced = False
         self.cleared = False
@@ -55,8 +84,29 @@ class MultiStoreSession(CallbackDict[str, Any], SessionMixin):
         self.states = states
         self._permanent = permanent
         self._regenerate = False
-        #: Loaded immutable values and their serialized form, reused at save if untouched.
+        #: Decoded immutable values and their serialized form, reused at save if untouched.
         self.reusable: dict[str, tuple[Any, bytes]] = {}
+
+    def _decode(self, key: str) -> Any:
+        """Decode a loaded field; an unreadable one is dropped (and removed at the save)."""
+        raw = self.raw[key]
+        try:
+            value = loads(raw)
+        except ValueError:
+            # A planted or corrupt value is never executed nor allowed to fail the request.
+            store = next((s.store for s in self.states if key in s.loaded), "?")
+            logger.warning("session store %r: dropped unreadable field %r", store, key)
+            dict.__delitem__(self, key)
+            raise KeyError(key) from None
+        dict.__setitem__(self, key, value)
+        if type(value) in _IMMUTABLE:
+            self.reusable[key] = (value, raw)
+        return value
+
+    def _decode_all(self) -> None:
+        for key in [k for k, v in dict.items(self) if v is LAZY]:
+            with contextlib.suppress(KeyError):
+                self._decode(key)
 
     # Flask's ``modified`` is both "a field changed" and the user's way to force a save; the
     # two are kept apart because only the forced one must rewrite unchanged stores.
@@ -99,19 +149,36 @@ class MultiStoreSession(CallbackDict[str, Any], SessionMixin):
     # depends on the cookie as much as one that reads the value (CVE-2023-30861's class).
     def __getitem__(self, key: str) -> Any:
         self.accessed = True
-        return super().__getitem__(key)
+        value = dict.__getitem__(self, key)
+        return self._decode(key) if value is LAZY else value
 
     def get(self, key: str, default: Any = None) -> Any:
         self.accessed = True
-        return super().get(key, default)
+        value = dict.get(self, key, default)
+        if value is LAZY:
+            try:
+                return self._decode(key)
+            except KeyError:
+                return default
+        return value
 
     def setdefault(self, key: str, default: Any = None) -> Any:
         self.accessed = True
+        if self.__contains__(key):
+            return self.__getitem__(key)
         return super().setdefault(key, default)
 
     def pop(self, key: str, *default: Any) -> Any:
         self.accessed = True
+        if dict.get(self, key) is LAZY:
+            with contextlib.suppress(KeyError):
+                self._decode(key)
         return super().pop(key, *default)
+
+    def popitem(self) -> tuple[str, Any]:
+        self.accessed = True
+        self._decode_all()
+        return super().popitem()
 
     def clear(self) -> None:
         self.cleared = self.accessed = True
@@ -119,51 +186,65 @@ class MultiStoreSession(CallbackDict[str, Any], SessionMixin):
 
     def __contains__(self, key: object) -> bool:
         self.accessed = True
-        return super().__contains__(key)
+        # Decoded here so that a field that cannot be read is absent for `in` as for `get`.
+        if isinstance(key, str) and dict.get(self, key) is LAZY:
+            try:
+                self._decode(key)
+            except KeyError:
+                return False
+        return dict.__contains__(self, key)
 
     def __len__(self) -> int:
         self.accessed = True
         return super().__len__()
 
+    # Iterating decodes every field: a key it yields must then read (an unreadable field is
+    # dropped first), as `dict(session)` and `{**session}` read each key they are given.
     def __iter__(self) -> Iterator[str]:
         self.accessed = True
+        self._decode_all()
         return super().__iter__()
 
     def __reversed__(self) -> Iterator[str]:
         self.accessed = True
+        self._decode_all()
         return super().__reversed__()
 
     def keys(self) -> Any:
         self.accessed = True
+        self._decode_all()
         return super().keys()
 
     def values(self) -> Any:
         self.accessed = True
+        self._decode_all()
         return super().values()
 
     def items(self) -> Any:
         self.accessed = True
+        self._decode_all()
         return super().items()
 
     def copy(self) -> dict[str, Any]:
         self.accessed = True
+        self._decode_all()
         return dict(super().items())
 
     def __eq__(self, other: object) -> bool:
         self.accessed = True
+        self._decode_all()
         return super().__eq__(other)
 
     def __ne__(self, other: object) -> bool:
         self.accessed = True
+        self._decode_all()
         return super().__ne__(other)
 
     def __or__(self, other: Any) -> Any:
-        self.accessed = True
-        return dict(super().items()) | other
+        return self.copy() | other
 
     def __ror__(self, other: Any) -> Any:
-        self.accessed = True
-        return other | dict(super().items())
+        return other | self.copy()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {dict.__repr__(self)}>"
