@@ -108,3 +108,38 @@ def test_two_stores_on_one_server_with_one_prefix_are_refused() -> None:
     assert type(info.value) is ValueError  # no private class in the user's traceback
     config["SESSION_CONFIG"][1]["key_prefix"] = "other:"
     assert len(parse_config(config, instance_path="/nonexistent")) == 2
+
+
+def test_fields_never_read_are_neither_decoded_nor_compared(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncsessions.engine
+    import asyncsessions.session
+
+    calls: list[str] = []
+    real_loads, real_dumps = asyncsessions.session.loads, asyncsessions.engine.dumps
+    monkeypatch.setattr(asyncsessions.session, "loads",
+                        lambda raw: calls.append("loads") or real_loads(raw))
+    monkeypatch.setattr(asyncsessions.engine, "dumps",
+                        lambda value: calls.append("dumps") or real_dumps(value))
+    fields = {f"f{i}": {"n": i} for i in range(200)}
+    state = StoreState(sid=SID, cookie=SID, loaded={k: dumps(v) for k, v in fields.items()})
+    session = MultiStoreSession(None, [state], raw=state.loaded)
+    assert session["f7"] == {"n": 7}
+    assert "f8" in session
+    plan = engine().plan_save(session, KEYS)
+    assert plan.ops == []
+    assert calls == ["loads", "loads", "dumps", "dumps"]  # f7 and f8 only
+
+
+def test_an_unreadable_field_reads_as_absent_everywhere_and_is_removed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    state = StoreState("s", sid=SID, cookie=SID, loaded={"bad": b"\x80 not json", "ok": b"1"})
+    session = MultiStoreSession(None, [state], raw=state.loaded)
+    assert "bad" not in session
+    assert session.get("bad", "default") == "default"
+    assert dict(session) == {"ok": 1}
+    assert "session store 's': dropped unreadable field 'bad'" in caplog.text
+    (op,) = engine().plan_save(session, KEYS).ops
+    assert op.write == Write({}, ["bad"])
