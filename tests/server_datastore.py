@@ -1,0 +1,1 @@
+"""Placeholder: the datastore test server fixture lands here."""

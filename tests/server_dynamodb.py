@@ -1,0 +1,1 @@
+"""Placeholder: the dynamodb test server fixture lands here."""

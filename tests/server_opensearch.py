@@ -1,0 +1,1 @@
+"""Placeholder: the opensearch test server fixture lands here."""
