@@ -7,6 +7,7 @@ import pickle
 import uuid
 from collections import OrderedDict
 from datetime import date, datetime, time, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -132,3 +133,28 @@ def test_one_depth_limit_for_saving_and_loading() -> None:
         loads(b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1))
     with pytest.raises(ValueError):
         loads(b"[" * 100_000 + b"]" * 100_000)
+
+
+@pytest.mark.parametrize("value", [
+    Decimal("1.10"), Decimal("-0"), Decimal("NaN"), Decimal("1E+400"),
+    {"a", "b", 3, (1, 2)}, frozenset({1, "x"}), set(), frozenset(),
+    {"nested": [{frozenset({Decimal("2.5")})}]},
+])
+def test_decimal_and_sets_round_trip_exactly(value: Any) -> None:
+    back = loads(dumps(value))
+    assert type(back) is type(value)
+    if isinstance(value, Decimal):  # NaN is not equal to itself; 1.10 keeps its zero, -0 its sign
+        assert str(back) == str(value)
+    else:
+        assert back == value
+
+
+def test_a_set_serializes_the_same_whatever_its_iteration_order() -> None:
+    words = [f"w{i}" for i in range(50)]
+    assert dumps(set(words)) == dumps(set(reversed(words)))
+
+
+@pytest.mark.parametrize("raw", [b'{" n": 5}', b'{" n": "not a number"}', b'{" s": [[1]]}'])
+def test_damaged_decimal_or_set_is_unreadable(raw: bytes) -> None:
+    with pytest.raises(ValueError):
+        loads(raw)

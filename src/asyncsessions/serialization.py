@@ -13,6 +13,7 @@ import base64
 import json
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, time, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -120,14 +121,26 @@ def _tag(value: Any, depth: int = 0) -> Any:
         return {" tm": _time_out(value)}
     if kind is UUID:
         return {" u": value.hex}
+    if kind is Decimal:
+        return {" n": str(value)}
+    if kind is set or kind is frozenset:
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise SerializationError(
+                f"cannot store a value nested more than {MAX_DEPTH} levels deep"
+            )
+        # Sorted by their JSON form: a set iterates in an order that differs between
+        # processes, and an unchanged set must serialize to the same bytes to count unchanged.
+        items = sorted((_tag(item, depth) for item in value), key=_encoder.encode)
+        return {" s" if kind is set else " fs": items}
     # Subclasses of the plain types (e.g. an IntEnum, an OrderedDict) store as their base.
     for base, convert in _BASES:
         if isinstance(value, base):
             return _tag(convert(value), depth)
     raise SerializationError(
         f"cannot store a value of type {kind.__qualname__!r} in the session; "
-        "use str, int, float, bool, None, list, dict, tuple, bytes, datetime, date, time, "
-        "UUID or Markup"
+        "use str, int, float, bool, None, list, dict, tuple, set, frozenset, bytes, Decimal, "
+        "datetime, date, time, UUID or Markup"
     )
 
 
@@ -141,6 +154,9 @@ _BASES: tuple[tuple[type, Callable[[Any], Any]], ...] = (
     (tuple, tuple),
     (bytes, bytes),
     (bytearray, bytes),
+    (set, set),
+    (frozenset, frozenset),
+    (Decimal, lambda v: Decimal(str(v))),
     (datetime, lambda v: datetime.combine(v.date(), v.timetz()).replace(fold=v.fold)),
     (date, lambda v: date(v.year, v.month, v.day)),
 )
@@ -153,7 +169,12 @@ _UNTAG: dict[str, Callable[[Any], Any]] = {
     " tm": _time_in,
     " u": UUID,
     " f": float,
+    " n": lambda v: Decimal(v) if type(v) is str else _not_a_value(v),
 }
+
+
+def _not_a_value(value: Any) -> Any:
+    raise ValueError(f"not a serialized session value: {value!r}")
 
 
 def _untag(value: Any, depth: int = 0) -> Any:
@@ -171,6 +192,10 @@ def _untag(value: Any, depth: int = 0) -> Any:
             return tuple(_untag(item, depth) for item in value[key])
         if key == " di":
             return {k: _untag(item, depth) for k, item in value[key].items()}
+        if key == " s":
+            return {_untag(item, depth) for item in value[key]}
+        if key == " fs":
+            return frozenset(_untag(item, depth) for item in value[key])
         convert = _UNTAG.get(key)
         if convert is not None:
             return convert(value[key])
@@ -192,7 +217,7 @@ def loads(data: bytes | str) -> Any:
     """The value :func:`dumps` serialized; ``ValueError`` if ``data`` is not such text."""
     try:
         return _untag(json.loads(data))
-    except (TypeError, KeyError, AttributeError, OverflowError, RecursionError) as exc:
+    except (TypeError, KeyError, AttributeError, ArithmeticError, RecursionError) as exc:
         raise ValueError(f"not a serialized session value: {exc}") from exc
 
 
