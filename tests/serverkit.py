@@ -1,4 +1,5 @@
-"""Real redis, Redis Cluster, memcached, MongoDB-wire and Firestore servers on loopback ports.
+"""Real redis, Redis Cluster, memcached, MongoDB-wire, Firestore, PostgreSQL and MariaDB
+servers on loopback ports.
 
 Free of pytest, so that the benchmarks (benchmarks/servers.py) start the very same servers as
 the test fixtures (tests/servers.py). The make_* functions raise Unavailable for a server
@@ -9,23 +10,31 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import glob
 import json
 import os
+import pwd
+import secrets
 import shlex
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 HOST = "127.0.0.1"
 _LIVE: set[Server] = set()
 _HANDED_OUT: set[int] = set()
+#: Data directories outside the test's own temp dir (see _owned_dir), removed at exit.
+_DATA_DIRS: set[Path] = set()
 
 
 class Unavailable(Exception):
@@ -100,6 +109,9 @@ class Restartable:
     def kill(self) -> None:
         raise NotImplementedError
 
+    def remove(self) -> None:
+        """Delete what the server stored on disk (after the last stop)."""
+
     @contextlib.contextmanager
     def down(self, *, kill: bool = False) -> Iterator[None]:
         """Stop (or kill) for the duration of the block, then start again on the same port."""
@@ -119,6 +131,8 @@ class Server(Restartable):
     name = "server"
     scheme = ""
     ready_timeout = 30.0
+    #: The user the process runs as (a database server refuses root); None: as we are.
+    user: str | None = None
 
     def __init__(
         self, argv: Sequence[str], workdir: Path, port: int, cwd: Path | None = None
@@ -178,6 +192,7 @@ class Server(Restartable):
                 # terminal's Ctrl-C goes to pytest (or the benchmark), which then stops us
                 # in order.
                 start_new_session=True,
+                **_as_user(self.user),
             )
         _LIVE.add(self)
         deadline = time.monotonic() + self.ready_timeout
@@ -415,6 +430,164 @@ class FirestoreEmulator(Server):
 
 
 
+def _as_user(user: str | None) -> dict[str, Any]:
+    """Popen arguments that run a process as ``user``, without root's groups."""
+    if user is None:
+        return {}
+    return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
+
+
+def _owned_dir(prefix: str, user: str | None) -> Path:
+    """A new directory in the system's temp dir, owned by ``user``; removed at exit.
+
+    Not under the test's temp dir: pytest makes that private to root (mode 0700), and a
+    database server running as its own user could not reach its data there.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    _DATA_DIRS.add(path)
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    return path
+
+
+def _run_setup(argv: Sequence[str], log_path: Path, cwd: Path, user: str | None) -> None:
+    """Run a one-off setup command (initdb, mariadb-install-db); its output goes to the log."""
+    with log_path.open("ab") as log:
+        status = subprocess.run(
+            argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            timeout=120, check=False, **_as_user(user),
+        ).returncode
+    if status != 0:
+        raise RuntimeError(f"{shlex.join(argv)} exited with {status}:\n{_tail(log_path)}")
+
+
+class PostgresServer(Server):
+    """A throwaway PostgreSQL cluster (initdb at first start), trust auth on loopback only.
+
+    The data directory is removed by :meth:`remove`; durability is switched off (fsync,
+    synchronous commit, full page writes), as nothing outlives the run.
+    """
+
+    name = "postgresql"
+    scheme = "postgresql"
+    database = "postgres"
+
+    def __init__(self, bindir: Path, workdir: Path, user: str | None) -> None:
+        port = free_port()
+        self.user = user
+        self.data_root = _owned_dir("asyncsessions-pg-", user)
+        self.data = self.data_root / "data"
+        self._initdb = [str(bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
+                        "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"]
+        argv = [str(bindir / "postgres"), "-D", str(self.data), "-p", str(port),
+                "-c", f"listen_addresses={HOST}", "-c", "unix_socket_directories=",
+                "-c", "fsync=off", "-c", "synchronous_commit=off",
+                "-c", "full_page_writes=off", "-c", "max_connections=300"]
+        # cwd: the server's user may not enter the test's temp dir.
+        super().__init__(argv, workdir, port, cwd=self.data_root)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@{self.host}:{self.port}/{self.database}"
+
+    def _before_start(self) -> None:
+        if not (self.data / "PG_VERSION").exists():
+            _run_setup(self._initdb, self.log_path, self.data_root, self.user)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        # SIGINT is PostgreSQL's fast shutdown; SIGTERM would wait for every client to leave.
+        self._end(signal.SIGINT, timeout)
+
+    def is_ready(self) -> bool:
+        # A startup message: the server asks for (or, with trust, grants) authentication
+        # once it accepts connections, and answers "starting up" with an error before.
+        params = b"user\0postgres\0database\0%s\0\0" % self.database.encode()
+        body = struct.pack("!I", 196608) + params  # protocol 3.0
+        with socket.create_connection((self.host, self.port), timeout=1.0) as sock:
+            sock.sendall(struct.pack("!I", len(body) + 4) + body)
+            return sock.recv(1) == b"R"
+
+    def remove(self) -> None:
+        shutil.rmtree(self.data_root, ignore_errors=True)
+        _DATA_DIRS.discard(self.data_root)
+
+
+class MariaDBServer(Server):
+    """A throwaway MariaDB (mariadb-install-db at first start) on loopback only.
+
+    Its own data directory, socket and port; no binary log, relaxed flushing. A user with a
+    password, created at every start by an init file, owns the database the URL names.
+    """
+
+    name = "mariadb"
+    scheme = "mysql"
+    database = "asyncsessions"
+    username = "asyncsessions"
+
+    def __init__(self, mariadbd: str, install_db: str, workdir: Path, user: str | None) -> None:
+        port = free_port()
+        self.password = secrets.token_urlsafe(12)
+        self.data_root = _owned_dir("asyncsessions-mariadb-", user)
+        self.data = self.data_root / "data"
+        self.socket_path = self.data_root / "mariadb.sock"
+        self._init_file = self.data_root / "init.sql"
+        # mariadbd and mariadb-install-db switch to --user themselves when started as root.
+        as_user = [f"--user={user}"] if user else []
+        self._install = [install_db, "--no-defaults", f"--datadir={self.data}",
+                         "--auth-root-authentication-method=normal", "--skip-test-db",
+                         *as_user]
+        argv = [mariadbd, "--no-defaults", f"--datadir={self.data}",
+                f"--socket={self.socket_path}", f"--port={port}", f"--bind-address={HOST}",
+                f"--pid-file={self.data_root / 'mariadb.pid'}",
+                f"--init-file={self._init_file}", "--skip-name-resolve", "--skip-log-bin",
+                "--character-set-server=utf8mb4", "--collation-server=utf8mb4_unicode_ci",
+                "--innodb-buffer-pool-size=64M", "--innodb-flush-log-at-trx-commit=0",
+                "--max-connections=300", *as_user]
+        self._owner = user
+        super().__init__(argv, workdir, port, cwd=self.data_root)
+
+    @property
+    def url(self) -> str:
+        return (f"mysql://{self.username}:{self.password}@{self.host}:{self.port}/"
+                f"{self.database}")
+
+    def _before_start(self) -> None:
+        if not (self.data / "mysql").is_dir():
+            _run_setup(self._install, self.log_path, self.data_root, None)
+        # At every start, so that the user exists whatever happened to the data directory.
+        self._init_file.write_text(
+            f"CREATE DATABASE IF NOT EXISTS {self.database};\n"
+            f"CREATE USER IF NOT EXISTS '{self.username}'@'{HOST}' "
+            f"IDENTIFIED BY '{self.password}';\n"
+            f"GRANT ALL PRIVILEGES ON *.* TO '{self.username}'@'{HOST}';\n"
+        )
+        if self._owner is not None:
+            entry = pwd.getpwnam(self._owner)
+            os.chown(self._init_file, entry.pw_uid, entry.pw_gid)
+
+    def is_ready(self) -> bool:
+        try:
+            import pymysql
+        except ImportError:
+            # The greeting packet: protocol version 10, not an error packet (0xff).
+            with socket.create_connection((self.host, self.port), timeout=1.0) as sock:
+                return sock.recv(5)[4:5] == b"\x0a"
+        try:
+            connection = pymysql.connect(
+                host=self.host, port=self.port, user=self.username, password=self.password,
+                database=self.database, connect_timeout=1,
+            )
+        except pymysql.err.OperationalError:
+            return False  # the init file has not created the user yet
+        connection.close()
+        return True
+
+    def remove(self) -> None:
+        shutil.rmtree(self.data_root, ignore_errors=True)
+        _DATA_DIRS.discard(self.data_root)
+
+
 # Finding the programs. Each make_* returns a server that is not started yet, or raises
 # Unavailable.
 
@@ -506,6 +679,39 @@ def make_firestore(workdir: Path) -> FirestoreEmulator:
     )
 
 
+def _server_user(name: str, what: str) -> str | None:
+    """The user to run a database server as: ``name`` when we are root, else ourselves."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        raise Unavailable(f"a {name!r} user to run {what} as (it refuses to run as root)",
+                          "the Debian package creates it") from None
+    return name
+
+
+def make_postgres(workdir: Path) -> PostgresServer:
+    """PostgreSQL from Debian's versioned directories (newest first), else from PATH."""
+    hint = "apt-get install postgresql"
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"),
+                   key=lambda path: int(Path(path).parts[-3]) if Path(path).parts[-3].isdigit()
+                   else 0)
+    bindir = Path(found[-1] if found else _binary("postgres", hint)).parent
+    if not (bindir / "initdb").is_file():
+        raise Unavailable("initdb", hint)
+    return PostgresServer(bindir, workdir, _server_user("postgres", "PostgreSQL"))
+
+
+def make_mariadb(workdir: Path) -> MariaDBServer:
+    hint = "apt-get install mariadb-server"
+    mariadbd = shutil.which("mariadbd") or shutil.which("mariadbd", path="/usr/sbin:/sbin")
+    if mariadbd is None:
+        raise Unavailable("mariadbd", hint)
+    install_db = _binary("mariadb-install-db", hint)
+    return MariaDBServer(mariadbd, install_db, workdir, _server_user("mysql", "MariaDB"))
+
+
 @contextlib.contextmanager
 def serving(server: Restartable) -> Iterator[None]:
     """Start ``server`` (waiting until it answers); stop it when the block ends."""
@@ -514,6 +720,7 @@ def serving(server: Restartable) -> Iterator[None]:
         yield
     finally:
         server.stop()
+        server.remove()
 
 
 @atexit.register
@@ -521,3 +728,5 @@ def _stop_all() -> None:
     # Safety net for an interrupted run whose teardown never ran.
     for server in list(_LIVE):
         server.kill()
+    for path in list(_DATA_DIRS):
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""Server fixtures: real redis, Redis Cluster, memcached, MongoDB-wire and Firestore servers.
+"""Server fixtures: real redis, Redis Cluster, memcached, MongoDB-wire, Firestore, PostgreSQL
+and MariaDB servers.
 
 The servers themselves are in serverkit.py, which has no pytest in it so that the benchmarks
 use them too; this module adds the fixtures and turns a missing server into a skip.
@@ -16,8 +17,10 @@ import pytest
 from serverkit import (
     HOST,
     FirestoreEmulator,
+    MariaDBServer,
     MemcachedServer,
     MongoServer,
+    PostgresServer,
     RedisCluster,
     RedisServer,
     Restartable,
@@ -25,8 +28,10 @@ from serverkit import (
     Unavailable,
     free_port,
     make_firestore,
+    make_mariadb,
     make_memcached,
     make_mongo,
+    make_postgres,
     make_redis,
     make_redis_cluster,
     serving,
@@ -36,8 +41,10 @@ from serverkit import (
 __all__ = [
     "HOST",
     "FirestoreEmulator",
+    "MariaDBServer",
     "MemcachedServer",
     "MongoServer",
+    "PostgresServer",
     "RedisCluster",
     "RedisServer",
     "Restartable",
@@ -94,3 +101,13 @@ def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoServ
 @pytest.fixture(scope="session")
 def firestore_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FirestoreEmulator]:
     yield from _serve(make_firestore, tmp_path_factory, "firestore")
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    yield from _serve(make_postgres, tmp_path_factory, "postgres")
+
+
+@pytest.fixture(scope="session")
+def mariadb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDBServer]:
+    yield from _serve(make_mariadb, tmp_path_factory, "mariadb")
