@@ -12,7 +12,11 @@ from apps import driver_factory
 
 STORES = [
     "secure_cookie", "filesystem", "redis", "redis_cluster", "memcache", "mongodb", "firestore",
+    "sqlalchemy_postgresql", "sqlalchemy_mysql", "sqlalchemy_sqlite", "peewee_sqlite",
+    "cachelib",
 ]
+#: Every server-side store type, for the store conformance suite.
+SERVER_STORES = [*STORES[1:], "peewee_postgresql"]
 
 
 @pytest.fixture(params=["flask", "quart"])
@@ -62,7 +66,39 @@ def store_config(request: pytest.FixtureRequest, kind: str, tmp_path: Any) -> di
         )
         return {"session_type": "firestore", "project": "asyncsessions-test",
                 "key_prefix": prefix}
+    if kind.startswith("sqlalchemy_"):
+        url = sql_url(request, kind.removeprefix("sqlalchemy_"), tmp_path)
+        return {"session_type": "sqlalchemy", "url": url, "key_prefix": prefix}
+    if kind.startswith("peewee_"):
+        return {"session_type": "peewee", "key_prefix": prefix,
+                "database": peewee_database(request, kind.removeprefix("peewee_"), tmp_path)}
+    if kind == "cachelib":
+        from cachelib import FileSystemCache
+
+        return {"session_type": "cachelib", "key_prefix": prefix,
+                "client": FileSystemCache(str(tmp_path / "cachelib"), threshold=0)}
     raise AssertionError(kind)
+
+
+def sql_url(request: pytest.FixtureRequest, dialect: str, tmp_path: Any) -> str:
+    """A database URL for one SQL server started by the test run (SQLite: a file)."""
+    if dialect == "sqlite":
+        return f"sqlite:///{tmp_path / 'sessions.db'}"
+    if dialect == "postgresql":
+        return str(request.getfixturevalue("postgres_server").url)
+    if dialect == "mysql":
+        return str(request.getfixturevalue("mariadb_server").url)
+    raise AssertionError(dialect)
+
+
+def peewee_database(request: pytest.FixtureRequest, dialect: str, tmp_path: Any) -> Any:
+    """A peewee database on the same servers."""
+    import peewee
+    from playhouse.db_url import connect
+
+    database: peewee.Database = connect(sql_url(request, dialect, tmp_path))
+    request.addfinalizer(database.close)
+    return database
 
 
 def unreachable(entry: dict[str, Any]) -> dict[str, Any] | None:
@@ -74,4 +110,7 @@ def unreachable(entry: dict[str, Any]) -> dict[str, Any] | None:
         return {"session_type": "memcache", "host": "127.0.0.1", "port": 1}
     if kind == "mongodb":
         return {"session_type": "mongodb", "url": "mongodb://127.0.0.1:1"}
+    if kind == "sqlalchemy" and not entry["url"].startswith("sqlite"):
+        dialect = entry["url"].split(":", 1)[0]
+        return {"session_type": "sqlalchemy", "url": f"{dialect}://u@127.0.0.1:1/db"}
     return None

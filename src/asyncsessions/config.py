@@ -14,10 +14,14 @@ from typing import Any, Literal
 
 from werkzeug.sansio.response import Response
 
+from . import dialects
 from .backends.base import Backend, Store
 from .errors import SessionConfigWarning
 
-__all__ = ["BACKENDS", "CookieSettings", "FieldSelector", "StoreConfig", "parse_config"]
+__all__ = [
+    "BACKENDS", "CookieSettings", "FieldSelector", "Settings", "StoreConfig", "parse_config",
+    "parse_settings",
+]
 
 #: Registered ``session_type`` names, imported lazily so a missing driver only matters when used.
 BACKENDS: dict[str, tuple[str, str]] = {
@@ -32,6 +36,11 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "peewee": ("asyncsessions.backends.peewee:PeeweeBackend", "peewee"),
     "cachelib": ("asyncsessions.backends.cachelib:CacheLibBackend", "cachelib"),
     "null": ("asyncsessions.backends.null:NullBackend", ""),
+    "dynamodb": ("asyncsessions.backends.dynamodb:DynamoDBBackend", "dynamodb"),
+    "datastore": ("asyncsessions.backends.datastore:DatastoreBackend", "datastore"),
+    "elasticsearch": ("asyncsessions.backends.elasticsearch:ElasticsearchBackend",
+                      "elasticsearch"),
+    "opensearch": ("asyncsessions.backends.elasticsearch:ElasticsearchBackend", "elasticsearch"),
 }
 
 _DAY = 86400
@@ -113,20 +122,73 @@ def _entry_error(index: int, key: str, message: str) -> ValueError:
     return ValueError(f"SESSION_CONFIG[{index}] {key!r}: {message}")
 
 
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the app's config says about sessions."""
+
+    stores: tuple[StoreConfig, ...]
+    #: Whether a new session starts permanent (``SESSION_PERMANENT``).
+    permanent: bool
+    refresh_each_request: bool
+
+
+#: Fields other extensions keep in the session: losing them silently breaks those extensions.
+WELL_KNOWN_FIELDS = ("_flashes", "_user_id", "_fresh", "_id", "_remember", "csrf_token")
+
+
+def parse_settings(config: Mapping[str, Any], *, instance_path: str) -> Settings:
+    """The app's session settings, validated once; ``ValueError`` names the key at fault."""
+    refresh = config.get("SESSION_REFRESH_EACH_REQUEST", True)
+    if not isinstance(refresh, bool):
+        raise ValueError(f"SESSION_REFRESH_EACH_REQUEST: expected True or False, not {refresh!r}")
+    return Settings(
+        parse_config(config, instance_path=instance_path),
+        dialects.permanent_default(config),
+        refresh,
+    )
+
+
 def parse_config(config: Mapping[str, Any], *, instance_path: str) -> tuple[StoreConfig, ...]:
-    """Validate the app's session settings; ``ValueError`` names the entry and key at fault."""
+    """Validate the app's stores; ``ValueError`` names the entry and key at fault.
+
+    Without ``SESSION_CONFIG``, Flask-Session's ``SESSION_TYPE`` keys (and Flask-Session2's,
+    flask-beaker-session's) describe one store; without either, one signed cookie holds the
+    session, as in Flask.
+    """
+    dialects.check_keys(config)
     entries = config.get("SESSION_CONFIG")
+    defaults = dialects.app_defaults(config)
     if entries is None:
-        entries = [{"cookie_name": config.get("SESSION_COOKIE_NAME") or "session"}]
+        if config.get("SESSION_TYPE") is not None:
+            entries = [dialects.legacy_entry(config)]
+        else:
+            entries = [{"cookie_name": config.get("SESSION_COOKIE_NAME") or "session"}]
     if isinstance(entries, (str, bytes, Mapping)) or not isinstance(entries, Sequence):
         raise ValueError("SESSION_CONFIG must be a list of dicts, one per store")
     if not entries:
         raise ValueError("SESSION_CONFIG is empty: configure at least one store")
-    stores = tuple(_parse_entry(i, entry, config) for i, entry in enumerate(entries))
+    stores = tuple(
+        _parse_entry(i, {**defaults, **entry} if isinstance(entry, Mapping) else entry, config)
+        for i, entry in enumerate(entries)
+    )
     for store in stores:
         store.backend.bind(name=store.name, instance_path=instance_path)
     _check_together(stores)
+    _warn_dropped(stores)
     return stores
+
+
+def _warn_dropped(stores: tuple[StoreConfig, ...]) -> None:
+    included = frozenset().union(*(s.fields.names for s in stores if s.fields.mode == "include"))
+    dropped = [f for f in WELL_KNOWN_FIELDS
+               if not any(s.fields.owns(f, included) for s in stores)]
+    if dropped:
+        warnings.warn(
+            f"no store of SESSION_CONFIG takes the session fields {', '.join(dropped)} "
+            "(Flask's flash messages, Flask-Login, Flask-WTF keep them): they would be lost at "
+            "every request; give one store session_fields 'auto' (or [])",
+            SessionConfigWarning, stacklevel=4,
+        )
 
 
 def _parse_entry(index: int, entry: Any, app: Mapping[str, Any]) -> StoreConfig:

@@ -85,9 +85,12 @@ class SavePlan:
 class Engine:
     """Open and save multi-store sessions for one app."""
 
-    def __init__(self, stores: tuple[StoreConfig, ...], *, refresh_each_request: bool) -> None:
+    def __init__(self, stores: tuple[StoreConfig, ...], *, refresh_each_request: bool,
+                 permanent: bool = False) -> None:
         self.stores = stores
         self.refresh = refresh_each_request
+        #: Whether a new session starts permanent (``SESSION_PERMANENT``).
+        self.permanent = permanent
         self.has_server_side = any(isinstance(s.backend, Backend) for s in stores)
         #: Stores that sign with the app's key: without one the session is a NullSession.
         self.needs_secret_key = any(
@@ -112,7 +115,8 @@ class Engine:
         ops: list[Op] = []
         codecs = self._id_codecs(secret_keys)
         for store, codec in zip(self.stores, codecs, strict=True):
-            state = StoreState(store.name, cookie=cookies.get(store.name) or None)
+            state = StoreState(store.name, isinstance(store.backend, Backend),
+                               cookie=cookies.get(store.name) or None)
             states.append(state)
             if state.cookie is None:
                 continue
@@ -162,6 +166,8 @@ class Engine:
                 state.loaded_permanent = op.result.permanent
         raw: dict[str, bytes] = {}
         permanent = False
+        if not any(state.loaded for state in states):
+            permanent = self.permanent
         for state in states:
             if state.loaded:
                 permanent = permanent or state.loaded_permanent
@@ -249,7 +255,7 @@ class Engine:
             if fresh:
                 if not can_set_cookies:
                     continue  # a websocket has no response to carry the new id
-                sid = new_id()
+                sid = state.new_sid or new_id()  # the id session.sid showed, if it was asked
             assert sid is not None
             changed = fields if force else {
                 k: v for k, v in fields.items() if loaded.get(k) != v

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from .config import parse_config
+from .config import parse_settings
 from .engine import Engine
 
 __all__ = ["Session"]
@@ -15,8 +15,8 @@ class Session:
     """Server-side, multi-store sessions for a ``flask.Flask`` or ``quart.Quart`` app.
 
     ``Session(app)``, or ``ext = Session()`` then ``ext.init_app(app)``. The stores come from
-    ``app.config["SESSION_CONFIG"]`` (see the README); without it, one signed cookie holds the
-    whole session, as in Flask.
+    ``app.config["SESSION_CONFIG"]`` (see the README), or from Flask-Session's
+    ``SESSION_TYPE`` keys; without either, one signed cookie holds the session, as in Flask.
     """
 
     def __init__(self, app: Any = None) -> None:
@@ -25,10 +25,9 @@ class Session:
 
     def init_app(self, app: Any) -> None:
         """Validate the app's session config and take over its session interface."""
-        stores = parse_config(app.config, instance_path=app.instance_path)
-        engine = Engine(
-            stores, refresh_each_request=bool(app.config.get("SESSION_REFRESH_EACH_REQUEST", True))
-        )
+        settings = parse_settings(app.config, instance_path=app.instance_path)
+        engine = Engine(settings.stores, refresh_each_request=settings.refresh_each_request,
+                        permanent=settings.permanent)
         if _is_quart(app):
             from .adapters.quart import QuartSessionInterface
             from .backends.base import close_loop_clients

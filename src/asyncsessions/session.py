@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 from flask.sessions import SessionMixin
 from werkzeug.datastructures import CallbackDict
 
+from .ids import new_id
 from .serialization import loads
 
 __all__ = ["MultiStoreSession", "NullSession", "StoreState", "UnavailableSession"]
@@ -39,6 +40,8 @@ class StoreState:
 
     #: The store's cookie name (for log lines).
     store: str = ""
+    #: A server-side store (its cookie carries an id).
+    server: bool = False
     sid: str | None = None
     #: The cookie value the request brought (``None``: no cookie).
     cookie: str | None = None
@@ -51,6 +54,8 @@ class StoreState:
     issued_at: float | None = None
     #: Seconds the load took (``None``: no load happened); shown by the demo.
     load_seconds: float | None = None
+    #: The id the next save gives a new (or regenerated) record, once ``session.sid`` asked.
+    new_sid: str | None = None
 
 
 class MultiStoreSession(CallbackDict[str, Any], SessionMixin):
@@ -144,6 +149,33 @@ class MultiStoreSession(CallbackDict[str, Any], SessionMixin):
     @property
     def regenerated(self) -> bool:
         return self._regenerate
+
+    @property
+    def sid(self) -> str | None:
+        """The session id of the first server-side store (Flask-Session's ``session.sid``).
+
+        A new session (or one to be regenerated) gets the id its save will use. ``None``
+        when every store is a cookie store; :attr:`sids` has every store's id.
+        """
+        return next(iter(self.sids.values()), None)
+
+    @property
+    def sids(self) -> dict[str, str]:
+        """Each server-side store's session id, by cookie name, in config order."""
+        self.accessed = True
+        ids = {}
+        for state in self.states:
+            if state.server:
+                if state.sid is None or self._regenerate:
+                    state.new_sid = state.new_sid or new_id()
+                    ids[state.store] = state.new_sid
+                else:
+                    ids[state.store] = state.sid
+        return ids
+
+    def delete(self) -> None:
+        """Remove every field and every stored record (flask-beaker-session's ``delete``)."""
+        self.clear()
 
     # Every read marks the session accessed: a page that only asks ``"user" in session``
     # depends on the cookie as much as one that reads the value (CVE-2023-30861's class).

@@ -31,6 +31,10 @@ class FlaskSessionInterface(SessionInterface):
             self.bridge.run(partial(self.engine.run, plan.ops))
         return self.engine.finish_open(plan)
 
+    def regenerate(self, session: MultiStoreSession) -> None:
+        """Flask-Session's ``app.session_interface.regenerate(session)``."""
+        session.regenerate()
+
     def save_session(self, app: Flask, session: Any, response: Response) -> None:
         # Not ours (open_session failed, another interface), or the framework's error path
         # calling again after this save failed: a failed write runs once.

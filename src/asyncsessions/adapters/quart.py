@@ -31,6 +31,10 @@ class QuartSessionInterface(SessionInterface):
             await self.engine.run(plan.ops)
         return self.engine.finish_open(plan)
 
+    def regenerate(self, session: MultiStoreSession) -> None:
+        """Flask-Session's ``app.session_interface.regenerate(session)``."""
+        session.regenerate()
+
     async def save_session(self, app: Quart, session: Any, response: Any) -> None:
         # Not ours (open_session failed, another interface), or the framework's error path
         # calling again after this save failed: a failed write runs once.
