@@ -143,3 +143,17 @@ def test_an_unreadable_field_reads_as_absent_everywhere_and_is_removed(
     assert "session store 's': dropped unreadable field 'bad'" in caplog.text
     (op,) = engine().plan_save(session, KEYS).ops
     assert op.write == Write({}, ["bad"])
+
+
+def test_a_record_in_another_format_is_rewritten_whole_at_its_first_write() -> None:
+    state = StoreState(sid=SID, cookie=SID, loaded={"a": b"1", "b": b"2"},
+                       loaded_permanent=True, loaded_foreign=True)
+    session = MultiStoreSession(None, [state], True, raw=state.loaded)
+    assert engine().plan_save(session, KEYS).ops == []  # a read-only request writes nothing
+    session["b"] = 3
+    (op,) = engine(session_permanent_lifetime=900).plan_save(session, KEYS).ops
+    assert op.key == "session:" + SID
+    assert op.write == Write({"a": b"1", "b": b"3"}, [], True, 900, create=True)
+    session.clear()
+    (op,) = engine().plan_save(session, KEYS).ops
+    assert (op.kind, op.key) == ("delete", "session:" + SID)

@@ -164,6 +164,7 @@ class Engine:
             else:
                 state.loaded = op.result.fields
                 state.loaded_permanent = op.result.permanent
+                state.loaded_foreign = op.result.foreign
         raw: dict[str, bytes] = {}
         permanent = False
         if not any(state.loaded for state in states):
@@ -243,7 +244,9 @@ class Engine:
                 ops.append(Op(store, state, "delete", store.key_prefix + sid))
                 sid, loaded = None, {}
             if not fields:
-                if sid is not None and loaded:
+                if sid is not None and loaded and state.loaded_foreign:
+                    ops.append(Op(store, state, "delete", store.key_prefix + sid))
+                elif sid is not None and loaded:
                     # Removing what was loaded, not deleting: the store deletes the record
                     # only if no field another request wrote in the meantime remains.
                     ops.append(Op(store, state, "store", store.key_prefix + sid,
@@ -264,13 +267,17 @@ class Engine:
             flag_changed = permanent != state.loaded_permanent
             write: Op | None = None
             if changed or removed or fresh or flag_changed:
+                # A record in another library's format is replaced whole, under its own id.
+                replace = fresh or state.loaded_foreign
+                if replace:
+                    changed, removed = fields, []
                 # The flag (and the lifetime it implies) only when this request set it, so
                 # a concurrent request's change of permanence is not undone.
-                sets_flag = fresh or flag_changed
+                sets_flag = replace or flag_changed
                 lifetime = store.permanent_lifetime if permanent else store.lifetime
                 write = Op(store, state, "store", store.key_prefix + sid, Write(
                     changed, removed, permanent if sets_flag else None,
-                    lifetime if sets_flag else None, create=fresh,
+                    lifetime if sets_flag else None, create=replace,
                 ))
                 ops.append(write)
             value = codec.encode(sid)

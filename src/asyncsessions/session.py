@@ -48,6 +48,8 @@ class StoreState:
     #: Serialized fields as loaded, the baseline the save compares with.
     loaded: dict[str, bytes] = field(default_factory=dict)
     loaded_permanent: bool = False
+    #: The record was in another library's format: the next write replaces it whole.
+    loaded_foreign: bool = False
     #: The store failed under ``on_error="degrade"``: it is neither read nor written.
     failed: bool = False
     #: When a client-side store's cookie was signed (Unix time).

@@ -10,9 +10,11 @@ coroutines, which the engine runs concurrently with other stores' and bounds by 
     deletes lazily checks the expiry itself), or not readable as one of ours (another
     library's value under the same key, a damaged or hand-edited record). An unreadable
     record is reported with :meth:`Store.unreadable` and left as it is: a read never
-    changes or deletes what it cannot read. With ``touch``, the record's expiry restarts
-    from now with the lifetime the record was written with, in the same round trip where
-    the store allows it.
+    changes or deletes what it cannot read. A store that can read another library's live
+    record (Flask-Session's) returns it with ``foreign=True``; the engine then rewrites it
+    whole, in the store's own format, at the session's next write. With ``touch``, the
+    record's expiry restarts from now with the lifetime the record was written with, in the
+    same round trip where the store allows it.
 
 ``store(key, write) -> bool``
     Apply one request's :class:`Write` to one record, atomically with respect to every
@@ -90,6 +92,9 @@ class Record:
 
     fields: dict[str, bytes]
     permanent: bool = False
+    #: Read from another library's format (a live Flask-Session record): the next write
+    #: replaces it whole in this store's own format (``create=True`` with every field).
+    foreign: bool = False
 
 
 @dataclass(frozen=True, slots=True)
