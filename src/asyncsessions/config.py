@@ -60,6 +60,7 @@ _COMMON_KEYS = frozenset(
         "session_permanent_lifetime",
         "key_prefix",
         "use_signer",
+        "read_flask_session",
         "on_error",
         "timeout",
     }
@@ -109,6 +110,8 @@ class StoreConfig:
     permanent_lifetime: int
     key_prefix: str
     use_signer: bool
+    #: Also read live Flask-Session records and signed ids (see Store.reads_flask_session).
+    read_flask_session: bool
     on_error: Literal["raise", "degrade"]
     timeout: float
 
@@ -173,6 +176,8 @@ def parse_config(config: Mapping[str, Any], *, instance_path: str) -> tuple[Stor
     )
     for store in stores:
         store.backend.bind(name=store.name, instance_path=instance_path)
+        if store.read_flask_session:
+            store.backend.reads_flask_session = True
     _check_together(stores)
     _warn_dropped(stores)
     return stores
@@ -275,6 +280,7 @@ def _parse_entry(index: int, entry: Any, app: Mapping[str, Any]) -> StoreConfig:
         permanent_lifetime=permanent_lifetime,
         key_prefix=key_prefix,
         use_signer=get("use_signer", bool, False),
+        read_flask_session=get("read_flask_session", bool, False),
         on_error=on_error,
         timeout=timeout,
     )

@@ -160,6 +160,8 @@ def legacy_entry(config: Mapping[str, Any]) -> dict[str, Any]:
         "session_lifetime": lifetime,
         "key_prefix": config.get("SESSION_KEY_PREFIX", "session:"),
         "use_signer": _bool(config, "SESSION_USE_SIGNER"),
+        # Their users stay logged in: live records are read and rewritten at their next write.
+        "read_flask_session": not beaker and kind != "null",
         **legacy.defaults,
     }
     if beaker:

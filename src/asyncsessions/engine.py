@@ -430,7 +430,8 @@ class Engine:
                     "set SECRET_KEY (app.secret_key)"
                 )
             codecs.append(IdCodec(
-                secret_keys if store.use_signer else None, salt=f"asyncsessions.id.{store.name}"
+                secret_keys if store.use_signer else None, salt=f"asyncsessions.id.{store.name}",
+                flask_session=store.read_flask_session,
             ))
         self._codec_cache = (secret_keys, codecs)
         return codecs

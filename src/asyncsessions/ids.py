@@ -30,11 +30,18 @@ def is_well_formed(sid: str) -> bool:
 class IdCodec:
     """Turns ids into cookie values and back, signing them when asked to."""
 
-    def __init__(self, secret_keys: Sequence[str | bytes] | None, salt: str) -> None:
+    def __init__(self, secret_keys: Sequence[str | bytes] | None, salt: str, *,
+                 flask_session: bool = False) -> None:
         # itsdangerous signs with the last key and accepts any: Flask's rotation order.
         self._signer = (
             Signer(list(secret_keys), salt=salt, **SIGNER_KWARGS)  # type: ignore[arg-type]
             if secret_keys else None
+        )
+        #: Also read ids Flask-Session signed (HMAC-SHA1, its salt), so its users stay logged
+        #: in; the next cookie is signed as ours.
+        self._legacy = (
+            Signer(list(secret_keys), salt="flask-session", key_derivation="hmac")  # type: ignore[arg-type]
+            if secret_keys and flask_session else None
         )
 
     def encode(self, sid: str) -> str:
@@ -51,5 +58,10 @@ class IdCodec:
             try:
                 value = self._signer.unsign(value).decode("ascii")
             except (BadSignature, UnicodeError):
-                return None
+                if self._legacy is None:
+                    return None
+                try:
+                    value = self._legacy.unsign(value).decode("ascii")
+                except (BadSignature, UnicodeError):
+                    return None
         return value if is_well_formed(value) else None

@@ -120,6 +120,10 @@ class Store:
     #: Where the records live (``"redis://127.0.0.1:6379/0"``), for errors; two stores of
     #: one app with the same location and key prefix are refused. ``None``: nowhere shared.
     location: str | None = None
+    #: Also read the live records Flask-Session >= 0.7 left under this store's keys (set by
+    #: ``read_flask_session``, on by default for Flask-Session's ``SESSION_TYPE`` config);
+    #: stores that can read them return them as ``Record(..., foreign=True)``.
+    reads_flask_session: bool = False
 
     def bind(self, *, name: str, instance_path: str) -> None:
         """Called once at ``init_app`` with the store's cookie name and the app's paths.
