@@ -139,3 +139,14 @@ def test_their_session_api(make_driver: Any, redis_server: Any) -> None:
     reply = d.post("delete")
     assert {h.split("=")[0] for h in reply.set_cookies} == {"c", "r"}
     assert d.show() == {}
+
+
+def test_the_readme_migration_table_is_this_table() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for name, legacy in LEGACY_TYPES.items():
+        keys = ", ".join(f"`{k}` → `{v}`" for k, v in legacy.keys.items()) or "—"
+        defaults = ", ".join(f"`{k}={v!r}`" for k, v in legacy.defaults.items())
+        row = f"| `{name}` | {legacy.libraries} | `{legacy.store}` | {keys} | {defaults} |"
+        assert row in readme, row
