@@ -13,7 +13,7 @@ from apps import driver_factory
 STORES = [
     "secure_cookie", "filesystem", "redis", "redis_cluster", "memcache", "mongodb", "firestore",
     "sqlalchemy_postgresql", "sqlalchemy_mysql", "sqlalchemy_sqlite", "peewee_sqlite",
-    "cachelib",
+    "cachelib", "elasticsearch",
 ]
 #: Every server-side store type, for the store conformance suite.
 SERVER_STORES = [*STORES[1:], "peewee_postgresql"]
@@ -72,6 +72,10 @@ def store_config(request: pytest.FixtureRequest, kind: str, tmp_path: Any) -> di
     if kind.startswith("peewee_"):
         return {"session_type": "peewee", "key_prefix": prefix,
                 "database": peewee_database(request, kind.removeprefix("peewee_"), tmp_path)}
+    if kind == "elasticsearch":
+        server = request.getfixturevalue("opensearch_server")
+        return {"session_type": "elasticsearch", "url": server.url,
+                "index": f"s{uuid.uuid4().hex[:8]}", "key_prefix": prefix}
     if kind == "cachelib":
         from cachelib import FileSystemCache
 
@@ -110,6 +114,8 @@ def unreachable(entry: dict[str, Any]) -> dict[str, Any] | None:
         return {"session_type": "memcache", "host": "127.0.0.1", "port": 1}
     if kind == "mongodb":
         return {"session_type": "mongodb", "url": "mongodb://127.0.0.1:1"}
+    if kind == "elasticsearch":
+        return {"session_type": "elasticsearch", "url": "http://127.0.0.1:1"}
     if kind == "sqlalchemy" and not entry["url"].startswith("sqlite"):
         dialect = entry["url"].split(":", 1)[0]
         return {"session_type": "sqlalchemy", "url": f"{dialect}://u@127.0.0.1:1/db"}

@@ -160,7 +160,7 @@ def test_planted_pickle_is_never_unpickled(
     boom.marker = str(tmp_path / "pwned")
     payload = pickle.dumps(boom)
 
-    if store_entry["session_type"] in ("sqlalchemy", "peewee"):
+    if store_entry["session_type"] in ("sqlalchemy", "peewee", "elasticsearch"):
         # Their columns hold text (PostgreSQL's without NUL): the pickle as text.
         payload = payload.replace(b"\0", b"").decode("latin-1").encode("utf-8")
 
