@@ -8,6 +8,8 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from .values import field_name, field_value, scaling_session
+
 HOST = "127.0.0.1"
 SECRET = "benchmark secret key, not a real one"
 
@@ -18,6 +20,13 @@ MULTI_FIELDS = {
     "mongodb": ["cart"],
     "memcache": ["prefs"],
     "firestore": ["history"],
+}
+#: The same split over three redis stores (``redis``, ``redis@1``, ``redis@2``: databases 0,
+#: 1 and 2 of one server): the three-store read without the test MongoDB server's own cost.
+MULTI_FIELDS_REDIS3 = {
+    "redis": ["user_id", "user_data"],
+    "redis@1": ["cart"],
+    "redis@2": ["prefs"],
 }
 #: The fields ``/write-all`` changes: one per store of the multi-store config.
 WRITE_ALL = ["csrf_token", "user_data", "cart", "prefs", "history"]
@@ -70,6 +79,22 @@ def _write_all(session: MutableMapping[str, Any]) -> None:
         session[field] = _changed(field, n)
 
 
+# The scaling scenario: a session of N ~1 KB fields; a request reads or changes one of them.
+SCALE_FIELD = field_name(0)
+
+
+def _scale_setup(session: MutableMapping[str, Any], n: int) -> None:
+    session.update(scaling_session(n))
+
+
+def _scale_read(session: MutableMapping[str, Any]) -> str:
+    return str(session.get(SCALE_FIELD, {}).get("version"))
+
+
+def _scale_write(session: MutableMapping[str, Any]) -> None:
+    session[SCALE_FIELD] = field_value(0, next(_counter))
+
+
 # -- asyncsessions configs ------------------------------------------------------------------
 
 
@@ -89,8 +114,15 @@ def ours_config(kind: str, ep: Endpoints) -> list[dict[str, Any]]:
         {"cookie_name": "data", "session_type": "secure_cookie", "session_fields": "auto"}
     ]
     for store in kind.removeprefix("multi:").split("+"):
+        if "@" in store:  # another database of the same redis server
+            db = int(store.partition("@")[2])
+            config.append({"cookie_name": f"s_redis{db}", "key_prefix": prefix,
+                           "session_fields": MULTI_FIELDS_REDIS3[store],
+                           "session_type": "redis", "url": f"redis://{HOST}:{ep.redis}/{db}"})
+            continue
+        fields = MULTI_FIELDS_REDIS3[store] if "@" in kind else MULTI_FIELDS[store]
         config.append({"cookie_name": f"s_{store}", "key_prefix": prefix,
-                       "session_fields": MULTI_FIELDS[store], **entries[store]()})
+                       "session_fields": fields, **entries[store]()})
     return config
 
 
@@ -132,6 +164,20 @@ def _flask_routes(app: Any, regenerate: Callable[[Any], None]) -> None:
 
     @app.get("/nosession")
     def nosession() -> str:
+        return "ok"
+
+    @app.get("/scale/setup/<int:n>")
+    def scale_setup(n: int) -> str:
+        _scale_setup(session, n)
+        return "ok"
+
+    @app.get("/scale/read")
+    def scale_read() -> str:
+        return _scale_read(session)
+
+    @app.post("/scale/write-one")
+    def scale_write() -> str:
+        _scale_write(session)
         return "ok"
 
 

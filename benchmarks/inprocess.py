@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -18,6 +18,8 @@ class Scenario:
     method: str
     path: str
     cookies: bool = True
+    #: What a fresh client first requests to put its session in place.
+    setup: str = "/setup"
 
 
 SCENARIOS = [
@@ -41,10 +43,13 @@ class Budget:
 
 @dataclass
 class Cell:
-    """Per-request times (seconds) and backend exchanges per request of one measurement."""
+    """Per-request times (seconds), backend exchanges and bytes sent to the stores per
+    request of one measurement, and the median of each round."""
 
     samples: list[float]
     exchanges: float
+    sent: float | None = None
+    rounds: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -57,8 +62,11 @@ class Cell:
         return statistics.quantiles(self.samples, n=20, method="inclusive")[18]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"median": self.median, "p95": self.p95, "n": len(self.samples),
-                "exchanges": self.exchanges}
+        out: dict[str, Any] = {"median": self.median, "p95": self.p95, "n": len(self.samples),
+                               "exchanges": self.exchanges, "rounds": self.rounds}
+        if self.sent is not None:
+            out["sent"] = self.sent
+        return out
 
 
 def _check(response: Any, what: str) -> None:
@@ -73,15 +81,18 @@ class _Series:
     """One config's client for one scenario, measured a batch at a time."""
 
     def __init__(self, app: Any, scenario: Scenario, count: Callable[[], int],
-                 warmup: int) -> None:
+                 warmup: int, sent: Callable[[], int] | None = None) -> None:
         self.scenario = scenario
         self.count = count
+        self.sent = sent
         self.what = f"{app.name} {scenario.key}"
         self.client = app.test_client(use_cookies=scenario.cookies)
         self.samples: list[float] = []
+        self.rounds: list[float] = []
         self.exchanges = 0
+        self.bytes = 0
         if scenario.cookies:
-            _check(self.client.get("/setup"), self.what + " setup")
+            _check(self.client.get(scenario.setup), self.what + " setup")
         for _ in range(warmup):
             _check(self.client.open(scenario.path, method=scenario.method), self.what)
 
@@ -90,7 +101,9 @@ class _Series:
         path, method = self.scenario.path, self.scenario.method
         done = 0
         before = self.count()
+        sent_before = self.sent() if self.sent is not None else 0
         deadline = time.perf_counter() + seconds
+        first = len(self.samples)
         while done < n_max and (done < n_min or time.perf_counter() < deadline):
             started = time.perf_counter()
             response = self.client.open(path, method=method)
@@ -98,18 +111,24 @@ class _Series:
             _check(response, self.what)
             done += 1
         self.exchanges += self.count() - before
+        if self.sent is not None:
+            self.bytes += self.sent() - sent_before
+        self.rounds.append(statistics.median(self.samples[first:]))
 
 
 def measure(apps: dict[str, Any], scenario: Scenario, budget: Budget,
             counters: dict[str, Callable[[], int]], *, rounds: int = 5,
-            failed: Callable[[str, Exception], None]) -> dict[str, Cell]:
+            failed: Callable[[str, Exception], None],
+            sent: dict[str, Callable[[], int]] | None = None) -> dict[str, Cell]:
     """Time ``scenario`` on every app, interleaved in ``rounds`` batches (so that a burst of
     load on the machine hits every config alike); ``counters[key]()`` reads the proxy's
-    exchange counter for that app's stores. A failing app is reported and left out."""
+    exchange counter for that app's stores, ``sent[key]()`` the bytes the app sent them. A
+    failing app is reported and left out."""
     series: dict[str, _Series] = {}
     for key, app in apps.items():
         try:
-            series[key] = _Series(app, scenario, counters[key], budget.warmup)
+            series[key] = _Series(app, scenario, counters[key], budget.warmup,
+                                  None if sent is None else sent[key])
         except Exception as exc:
             failed(key, exc)
     n_min = max(1, -(-budget.n_min // rounds))
@@ -123,4 +142,8 @@ def measure(apps: dict[str, Any], scenario: Scenario, budget: Budget,
             except Exception as exc:
                 del series[key]
                 failed(key, exc)
-    return {key: Cell(s.samples, s.exchanges / len(s.samples)) for key, s in series.items()}
+    return {
+        key: Cell(s.samples, s.exchanges / len(s.samples),
+                  None if s.sent is None else s.bytes / len(s.samples), s.rounds)
+        for key, s in series.items()
+    }

@@ -7,15 +7,17 @@ connection has a reader thread and a writer thread: the reader stamps every chun
 kept and both directions are delayed by half the round trip. ``time.sleep`` is precise to tens
 of microseconds on Linux, unlike asyncio timers (rounded up to the millisecond by epoll).
 
-Round trips are counted per upstream as *exchanges*: a client→server chunk that arrives
-after the server last sent something (or first on its connection) starts a new exchange.
-A pipelined batch of commands sent in one go is one exchange; two commands each awaiting
-its reply are two. Concurrent exchanges on different connections are counted separately
-even though they overlap in time. Connection set-up is not delayed and not counted (the
-benchmark warms every pool first). On HTTP/2 upstreams (Firestore's gRPC) only client chunks
-holding a HEADERS or DATA frame count (not PING/SETTINGS acknowledgements or WINDOW_UPDATEs);
-streams multiplexed on one connection may still share an exchange. Driver background traffic
-(e.g. PyMongo's heartbeats) would add to the counts: give each app its own upstream names.
+Bytes the clients send are counted per upstream too (everything written towards the server,
+protocol framing included). Round trips are counted per upstream as *exchanges*: a
+client→server chunk that arrives after the server last sent something (or first on its
+connection) starts a new exchange. A pipelined batch of commands sent in one go is one
+exchange; two commands each awaiting its reply are two. Concurrent exchanges on different
+connections are counted separately even though they overlap in time. Connection set-up is
+not delayed and not counted (the benchmark warms every pool first). On HTTP/2 upstreams
+(Firestore's gRPC) only client chunks holding a HEADERS or DATA frame count (not
+PING/SETTINGS acknowledgements or WINDOW_UPDATEs); streams multiplexed on one connection may
+still share an exchange. Driver background traffic (e.g. PyMongo's heartbeats) would add to
+the counts: give each app its own upstream names.
 """
 
 from __future__ import annotations
@@ -108,7 +110,10 @@ class _Direction:
     def _account(self, data: bytes) -> None:
         if not self.request:
             self.link.awaiting_request = True
-        elif self.link.starts_request(data) and self.link.awaiting_request:
+            return
+        with self.shared.lock:
+            self.shared.sent[self.index] += len(data)
+        if self.link.starts_request(data) and self.link.awaiting_request:
             self.link.awaiting_request = False
             with self.shared.lock:
                 self.shared.counts[self.index] += 1
@@ -138,9 +143,10 @@ class _Direction:
 
 
 class _Shared:
-    def __init__(self, delays: Any, counts: Any) -> None:
+    def __init__(self, delays: Any, counts: Any, sent: Any) -> None:
         self.delays = delays
         self.counts = counts
+        self.sent = sent
         self.lock = threading.Lock()
 
 
@@ -170,12 +176,12 @@ def _precise_sleep() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_TIMERSLACK, 1, 0, 0, 0)
 
 
-def _serve(upstreams: list[int], http2: list[bool], delays: Any, counts: Any,
+def _serve(upstreams: list[int], http2: list[bool], delays: Any, counts: Any, sent: Any,
            control: multiprocessing.connection.Connection) -> None:
     """The proxy process: listen, report the ports, run until the parent says stop."""
     sys.setswitchinterval(0.0002)
     _precise_sleep()
-    shared = _Shared(delays, counts)
+    shared = _Shared(delays, counts, sent)
     ports = []
     for index, upstream in enumerate(upstreams):
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -201,11 +207,12 @@ class LatencyProxy:
         self.names = list(upstreams)
         self._delays = ctx.Array("d", len(self.names), lock=False)
         self._counts = ctx.Array("q", len(self.names), lock=False)
+        self._sent = ctx.Array("q", len(self.names), lock=False)
         self._control, child = ctx.Pipe()
         self._process = ctx.Process(
             target=_serve,
             args=(list(upstreams.values()), [n in http2 for n in self.names], self._delays,
-                  self._counts, child),
+                  self._counts, self._sent, child),
             name="bench-latency-proxy", daemon=True,
         )
         self._process.start()
@@ -224,6 +231,11 @@ class LatencyProxy:
         """Exchanges counted so far on the named upstreams (all if none named)."""
         wanted = names or tuple(self.names)
         return sum(self._counts[self.names.index(n)] for n in wanted)
+
+    def sent(self, *names: str) -> int:
+        """Bytes clients sent to the named upstreams so far (all if none named)."""
+        wanted = names or tuple(self.names)
+        return sum(self._sent[self.names.index(n)] for n in wanted)
 
     def close(self) -> None:
         """Stop the proxy process."""

@@ -2,16 +2,48 @@
 
 ``python -m benchmarks.serve SERVER LIB PORT REDIS_PORT THREADS`` where SERVER is
 ``werkzeug`` or ``gunicorn`` (Flask, threaded) or ``hypercorn`` (Quart). SIGTERM stops it.
+
+Flask apps also answer ``GET /_bench/stats``: the serving process's RSS, CPU time, open
+files, threads and the bridge's idle loops (the memory scenario reads them).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import json
+import os
 import signal
 import sys
+import threading
 from typing import Any
 
 from .apps import HOST, Endpoints, build_flask, build_quart
+
+
+def process_stats() -> dict[str, Any]:
+    """What the memory scenario reads of the process serving the app."""
+    rss_kib = 0
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                rss_kib = int(line.split()[1])
+    times = os.times()
+    from asyncsessions import bridge
+
+    pool = getattr(bridge, "_bridge", None)
+    idle = getattr(pool, "_idle", None)
+    return {
+        "pid": os.getpid(), "rss_kib": rss_kib, "cpu_s": times.user + times.system,
+        "fds": len(os.listdir("/proc/self/fd")), "threads": threading.active_count(),
+        "idle_loops": None if idle is None else len(idle), "gc_objects": len(gc.get_objects()),
+    }
+
+
+def _add_stats(app: Any) -> None:
+    @app.get("/_bench/stats")
+    def stats() -> Any:
+        return app.response_class(json.dumps(process_stats()), mimetype="application/json")
 
 
 def _werkzeug(app: Any, port: int) -> None:
@@ -68,10 +100,13 @@ def main(argv: list[str]) -> None:
     endpoints = Endpoints(redis=int(redis_port))
     if server == "hypercorn":
         _hypercorn(build_quart(lib, endpoints), int(port))
-    elif server == "gunicorn":
-        _gunicorn(build_flask(lib, "redis", endpoints), int(port), int(threads))
-    elif server == "werkzeug":
-        _werkzeug(build_flask(lib, "redis", endpoints), int(port))
+    elif server in ("gunicorn", "werkzeug"):
+        app = build_flask(lib, "redis", endpoints)
+        _add_stats(app)
+        if server == "gunicorn":
+            _gunicorn(app, int(port), int(threads))
+        else:
+            _werkzeug(app, int(port))
     else:
         raise SystemExit(f"unknown server {server!r}")
 
