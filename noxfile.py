@@ -21,7 +21,10 @@ SERVER_PACKAGES = {
     "redis-server": "redis-server",
     "redis-cli": "redis-tools",
     "memcached": "memcached",
+    "mariadbd": "mariadb-server",
 }
+#: PostgreSQL's server binaries live outside PATH (/usr/lib/postgresql/<major>/bin).
+POSTGRES_PACKAGE = "postgresql"
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 # What `python -m benchmarks` needs besides asyncsessions[all]. Peers without an importable
 # package are reported as "not measured" in the results rather than failing the run.
@@ -67,7 +70,10 @@ def _ensure_system_servers(session: nox.Session) -> None:
     """
     if os.name != "posix" or os.geteuid() != 0 or shutil.which("apt-get") is None:
         return
-    wanted = [pkg for binary, pkg in SERVER_PACKAGES.items() if shutil.which(binary) is None]
+    wanted = [pkg for binary, pkg in SERVER_PACKAGES.items()
+              if shutil.which(binary) is None and not Path("/usr/sbin", binary).exists()]
+    if not list(Path("/usr/lib/postgresql").glob("*/bin/postgres")):
+        wanted.append(POSTGRES_PACKAGE)
     has_emulator = _deb_installed(EMULATOR_PACKAGE)
     if not wanted and has_emulator and shutil.which("java"):
         return

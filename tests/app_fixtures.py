@@ -13,13 +13,13 @@ from apps import driver_factory
 STORES = [
     "secure_cookie", "filesystem", "redis", "redis_cluster", "memcache", "mongodb", "firestore",
     "sqlalchemy_postgresql", "sqlalchemy_mysql", "sqlalchemy_sqlite", "peewee_sqlite",
-    "cachelib", "elasticsearch",
+    "cachelib", "elasticsearch", "dynamodb",
 ]
 #: Every server-side store type, for the store conformance suite.
 SERVER_STORES = [*STORES[1:], "peewee_postgresql"]
 
 
-@pytest.fixture(params=["flask", "quart"])
+@pytest.fixture(params=["flask", "quart", "starlette", "fastapi"])
 def framework(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -72,6 +72,10 @@ def store_config(request: pytest.FixtureRequest, kind: str, tmp_path: Any) -> di
     if kind.startswith("peewee_"):
         return {"session_type": "peewee", "key_prefix": prefix,
                 "database": peewee_database(request, kind.removeprefix("peewee_"), tmp_path)}
+    if kind == "dynamodb":
+        server = request.getfixturevalue("dynamodb_server")
+        return {"session_type": "dynamodb", "table": f"s{uuid.uuid4().hex[:8]}",
+                "key_prefix": prefix, **server.credentials}
     if kind == "elasticsearch":
         server = request.getfixturevalue("opensearch_server")
         return {"session_type": "elasticsearch", "url": server.url,

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from werkzeug.serving import make_server
 
-from apps import flask_app, quart_app
+from apps import asgi_app, flask_app, quart_app, uvicorn_serving
 from servers import free_port
 
 SERVER_STORES = ["filesystem", "redis", "redis_cluster", "memcache", "mongodb", "firestore"]
@@ -24,7 +24,11 @@ SERVER_STORES = ["filesystem", "redis", "redis_cluster", "memcache", "mongodb", 
 
 @contextmanager
 def serving(framework: str, config: dict[str, Any]) -> Iterator[int]:
-    """The app behind a real server on a free loopback port: werkzeug threaded, or hypercorn."""
+    """The app behind a real server on a free loopback port: werkzeug, hypercorn or uvicorn."""
+    if framework in ("starlette", "fastapi"):
+        with uvicorn_serving(asgi_app(framework, config).asgi) as port:
+            yield port
+        return
     if framework == "flask":
         server = make_server("127.0.0.1", 0, flask_app(config), threaded=True)
         thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -36,6 +36,17 @@ def racing_view(make_driver: Any, action: str, data: dict[str, Any] | None = Non
         return other.headers.get("Set-Cookie", "")
 
     race_async.__name__ = "race"
+    if make_driver.framework in ("starlette", "fastapi"):
+        async def race_asgi() -> str:
+            make_driver.session_proxy.get("user")
+            cookie = {"Cookie": f"sid={make_driver.request_proxy.cookies['sid']}"}
+            async with make_driver.app_client() as client:
+                other = await client.post(f"/{action}", json=body, headers=cookie)
+            make_driver.session_proxy["late"] = 1
+            return str(other.headers.get("Set-Cookie", ""))
+
+        race_asgi.__name__ = "race"
+        return race_asgi
     return race_async
 
 
@@ -92,6 +103,13 @@ def test_emptying_a_store_keeps_a_field_written_in_that_instant(
             cookie = {"Cookie": f"sid={flask.request.cookies['sid']}"}
             client = flask.current_app.test_client(use_cookies=False)
             client.post("/set", json={"cart": [1]}, headers=cookie)
+            return "ok"
+    elif make_driver.framework in ("starlette", "fastapi"):
+        async def empty() -> str:
+            proxy.pop("user")
+            cookie = {"Cookie": f"sid={make_driver.request_proxy.cookies['sid']}"}
+            async with make_driver.app_client() as client:
+                await client.post("/set", json={"cart": [1]}, headers=cookie)
             return "ok"
     else:
         async def empty() -> str:
