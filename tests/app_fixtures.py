@@ -13,7 +13,7 @@ from apps import driver_factory
 STORES = [
     "secure_cookie", "filesystem", "redis", "redis_cluster", "memcache", "mongodb", "firestore",
     "sqlalchemy_postgresql", "sqlalchemy_mysql", "sqlalchemy_sqlite", "peewee_sqlite",
-    "cachelib", "elasticsearch", "dynamodb",
+    "cachelib", "elasticsearch", "dynamodb", "datastore",
 ]
 #: Every server-side store type, for the store conformance suite.
 SERVER_STORES = [*STORES[1:], "peewee_postgresql"]
@@ -72,6 +72,13 @@ def store_config(request: pytest.FixtureRequest, kind: str, tmp_path: Any) -> di
     if kind.startswith("peewee_"):
         return {"session_type": "peewee", "key_prefix": prefix,
                 "database": peewee_database(request, kind.removeprefix("peewee_"), tmp_path)}
+    if kind == "datastore":
+        emulator = request.getfixturevalue("datastore_emulator")
+        request.getfixturevalue("monkeypatch").setenv(
+            "DATASTORE_EMULATOR_HOST", emulator.host_port
+        )
+        return {"session_type": "datastore", "project": emulator.project,
+                "key_prefix": prefix}
     if kind == "dynamodb":
         server = request.getfixturevalue("dynamodb_server")
         return {"session_type": "dynamodb", "table": f"s{uuid.uuid4().hex[:8]}",
