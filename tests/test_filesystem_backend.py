@@ -68,12 +68,6 @@ async def test_round_trip(backend: FilesystemBackend) -> None:
     assert await backend.load("session:" + "y" * 43, touch=False) is None
 
 
-async def test_store_merges_and_removes_fields(backend: FilesystemBackend) -> None:
-    await backend.store(KEY, Write({"a": b"1", "b": b"2"}, (), True, 60, create=True))
-    await backend.store(KEY, Write({"c": b"3"}, ["a", "missing"], False, 60))
-    assert await backend.load(KEY, touch=False) == Record({"b": b"2", "c": b"3"})
-
-
 async def test_concurrent_stores_keep_every_field(directory: Path) -> None:
     # Two instances on one directory stand in for two worker processes.
     backends = [FilesystemBackend(directory=directory) for _ in range(2)]
@@ -225,15 +219,6 @@ async def test_removed_directory_is_made_again(
     assert await backend.load(KEY, touch=False) == Record({"b": b"2"})
 
 
-async def test_delete(backend: FilesystemBackend, directory: Path) -> None:
-    await backend.delete(KEY)  # nothing there, not even the directory
-    await backend.store(KEY, Write({"a": b"1"}, (), False, 60, create=True))
-    await backend.delete(KEY)
-    await backend.delete(KEY)
-    assert await backend.load(KEY, touch=False) is None
-    assert records(directory) == []
-
-
 async def test_removing_every_field_deletes_the_file(
     backend: FilesystemBackend, directory: Path
 ) -> None:
@@ -294,9 +279,10 @@ async def test_update_of_a_deleted_record_is_refused(directory: Path, write: Wri
     assert await backend.load(KEY, touch=False) is None
 
 
-async def test_update_never_makes_the_directory(directory: Path) -> None:
+async def test_update_and_delete_never_make_the_directory(directory: Path) -> None:
     backend = FilesystemBackend(directory=directory)
     assert await backend.store(KEY, Write({"a": b"1"}, (), False, 60)) is False
+    await backend.delete(KEY)  # nothing there, not even the directory: no error
     assert not directory.exists()
 
 
@@ -383,14 +369,6 @@ async def test_write_that_sets_the_flag_stores_it_with_its_ttl(
     with pytest.raises(ValueError, match="ttl"):
         await backend.store(KEY, Write({"a": b"2"}, create=True))
     assert await backend.load(KEY, touch=False) == Record({"a": b"1"}, permanent=False)
-
-
-async def test_new_id_replaces_a_record_found_under_it(
-    backend: FilesystemBackend, directory: Path
-) -> None:
-    await backend.store(KEY, Write({"old": b"1"}, (), True, 60, create=True))
-    assert await backend.store(KEY, Write({"a": b"1"}, (), False, 60, create=True))
-    assert await backend.load(KEY, touch=False) == Record({"a": b"1"})  # replaced, not merged
 
 
 def test_location_is_the_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

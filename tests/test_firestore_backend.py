@@ -221,15 +221,6 @@ async def test_a_write_after_a_load_is_one_commit(
     )
 
 
-@pytest.mark.anyio
-async def test_delete(backend: FirestoreBackend) -> None:
-    await backend.delete(KEY)  # missing is fine
-    await backend.store(KEY, create({"a": b"1"}))
-    await backend.delete(KEY)
-    assert await backend.load(KEY, touch=False) is None
-    assert not (await snapshot(backend, KEY)).exists
-
-
 # -- expiry -----------------------------------------------------------------------------------
 
 

@@ -114,16 +114,6 @@ def create(fields: dict[str, bytes], *, permanent: bool = False, ttl: int = 60) 
 
 
 @pytest.mark.anyio
-async def test_round_trip(backend: MongoDBBackend, key: str) -> None:
-    fields = {"user_id": b"42", "name": '"Zoë"'.encode(), "cart": b'[{"sku":"a.b","n":2}]'}
-    assert await backend.store(key, create(fields, permanent=True)) is True
-    assert await backend.load(key, touch=False) == Record(fields, permanent=True)
-    assert await backend.load(key, touch=True) == Record(fields, permanent=True)
-    assert await backend.load(key + "x", touch=False) is None
-    assert await backend.load(key + "x", touch=True) is None
-
-
-@pytest.mark.anyio
 async def test_odd_field_names_round_trip_escaped(
     backend: MongoDBBackend, key: str, probe: Any
 ) -> None:
