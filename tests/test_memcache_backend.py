@@ -128,29 +128,6 @@ def remaining_ttl(server: MemcachedServer, key: str) -> int | None:
 
 
 @pytest.mark.anyio
-async def test_round_trip(backend: MemcacheBackend, key: str, prefix: str) -> None:
-    fields = {"user_id": b"42", "name": '"Zoë"'.encode(), "cart": b'[1,{" t":[2,null]}]'}
-    await backend.store(key, Write(fields, (), True, 60, create=True))
-    assert await backend.load(key, touch=False) == Record(fields, permanent=True)
-    assert await backend.load(key, touch=True) == Record(fields, permanent=True)
-    missing = prefix + secrets.token_urlsafe(32)
-    assert await backend.load(missing, touch=False) is None
-    assert await backend.load(missing, touch=True) is None
-
-
-@pytest.mark.anyio
-async def test_store_merges_and_removes_fields(
-    backend: MemcacheBackend, memcached_server: MemcachedServer, key: str
-) -> None:
-    assert await backend.store(key, Write({"a": b"1", "b": b"2"}, (), True, 60, create=True))
-    assert await backend.store(key, Write({"c": b"3"}, ["a", "missing"], False, 60))
-    assert await backend.load(key, touch=False) == Record({"b": b"2", "c": b"3"})
-    assert await backend.store(key, Write({}, ["b", "c"]))
-    assert await backend.load(key, touch=True) is None
-    assert remaining_ttl(memcached_server, key) is None  # deleted, not left empty
-
-
-@pytest.mark.anyio
 @pytest.mark.parametrize("create", [True, False])
 async def test_removing_from_no_record_writes_nothing(
     backend: MemcacheBackend, memcached_server: MemcachedServer, key: str, create: bool
@@ -195,14 +172,6 @@ async def test_ttl_over_30_days(
     raw(memcached_server, f"touch {key} 60\r\n".encode())
     assert await backend.load(key, touch=True) == Record({"a": b"1"}, permanent=True)
     assert remaining_ttl(memcached_server, key) in range(ttl - 5, ttl + 2)
-
-
-@pytest.mark.anyio
-async def test_short_ttl_expires(backend: MemcacheBackend, key: str) -> None:
-    await backend.store(key, Write({"a": b"1"}, (), False, 1, create=True))
-    assert await backend.load(key, touch=False) == Record({"a": b"1"})
-    await anyio.sleep(2.5)  # memcached's clock ticks once a second
-    assert await backend.load(key, touch=True) is None
 
 
 @pytest.mark.anyio
@@ -467,17 +436,6 @@ async def test_update_of_a_deleted_record_is_refused(
 
 
 @pytest.mark.anyio
-async def test_update_of_an_expired_record_is_refused(
-    backend: MemcacheBackend, memcached_server: MemcachedServer, key: str
-) -> None:
-    await backend.store(key, Write({"a": b"1"}, (), False, 1, create=True))
-    assert await backend.load(key, touch=False) == Record({"a": b"1"})
-    await anyio.sleep(2.5)  # memcached's clock ticks once a second
-    assert await backend.store(key, Write({"b": b"2"})) is False
-    assert remaining_ttl(memcached_server, key) is None
-
-
-@pytest.mark.anyio
 async def test_emptied_record_of_earlier_versions_is_no_session(
     backend: MemcacheBackend, memcached_server: MemcachedServer, key: str
 ) -> None:
@@ -619,14 +577,6 @@ async def test_oversize_record_is_refused_and_the_old_one_kept(
     assert await backend.load(key, touch=False) == Record({"a": b"1"})
     await backend.store(key, Write({"b": b"2"}, (), False, 60))
     assert await backend.load(key, touch=False) == Record({"a": b"1", "b": b"2"})
-
-
-@pytest.mark.anyio
-async def test_delete(backend: MemcacheBackend, key: str) -> None:
-    await backend.delete(key)  # nothing there: fine
-    await backend.store(key, Write({"a": b"1"}, (), False, 60, create=True))
-    await backend.delete(key)
-    assert await backend.load(key, touch=False) is None
 
 
 @pytest.mark.anyio
