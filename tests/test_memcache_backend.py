@@ -10,7 +10,7 @@ import re
 import secrets
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -20,12 +20,13 @@ import flask
 import pytest
 
 from apps import Driver
-from asyncsessions import Session
+from asyncsessions import Session, SessionConfigWarning
 from asyncsessions.backends.base import Record, Write, close_loop_clients, masked
-from asyncsessions.backends.memcache import MemcacheBackend, _Remembered
+from asyncsessions.backends.memcache import MemcacheBackend, _Remembered, _rendezvous
 from asyncsessions.config import parse_config
 from asyncsessions.ids import new_id
-from servers import MemcachedServer
+from serverkit import Unavailable, make_memcached, serving
+from servers import MemcachedServer, free_port, missing
 
 pytestmark = pytest.mark.server("memcached")
 
@@ -86,7 +87,7 @@ def cas_since(server: MemcachedServer, before: dict[str, int]) -> dict[str, int]
 
 def sent_commands(backend: MemcacheBackend) -> list[bytes]:
     """The commands the backend's client sends from now on, one round trip each, by name."""
-    client = backend.client
+    [client] = backend.client.clients
     sent: list[bytes] = []
     fetch, call = client.fetch, client.call
 
@@ -472,7 +473,7 @@ async def test_field_written_concurrently_keeps_an_emptied_record(
         expected = [b"md", b"gets", b"cas"]
     else:
         # Another request adds a field between this write's gets and its delete.
-        client = backend.client
+        [client] = backend.client.clients
         fetch, fetched = client.fetch, []
 
         async def fetch_then_write(command: bytes, name: bytes) -> Any:
@@ -649,7 +650,7 @@ async def test_given_client_is_cloned_with_its_settings(
     try:
         await backend.store(key, Write({"a": b"1"}, (), False, 60, create=True))
         assert await backend.load(key, touch=True) == Record({"a": b"1"})
-        client = backend.client
+        [client] = backend.client.clients
         assert isinstance(client, aiomcache.Client)
         assert client is not given
         assert client._pool._maxsize == 5
@@ -712,20 +713,77 @@ def test_two_stores_on_one_server_need_their_own_prefixes() -> None:
     Session(app)
 
 
-python_memcached = type("Client", (), {
-    "__module__": "memcache", "servers": [SimpleNamespace(ip="10.0.0.7", port=11311)],
-})()
-pymemcache = type("Client", (), {"__module__": "pymemcache", "server": ("10.0.0.8", 11411)})()
+def fake(module: str, **attributes: Any) -> Any:
+    """An instance of a class named Client in ``module``, with ``attributes``."""
+    return type("Client", (), {"__module__": module, **attributes})()
+
+
+python_memcached = fake("memcache", servers=[SimpleNamespace(ip="10.0.0.7", port=11311)])
+pymemcache_client = fake("pymemcache.client.base", server=("10.0.0.8", 11411), key_prefix=b"")
+
+
+def test_other_libraries_clients_are_read_for_their_servers() -> None:
+    assert MemcacheBackend(client=python_memcached).location == "memcached://10.0.0.7:11311"
+    assert MemcacheBackend(client=pymemcache_client).location == "memcached://10.0.0.8:11411"
+    pymemcache = pytest.importorskip("pymemcache")
+    from pymemcache.client.hash import HashClient
+
+    assert MemcacheBackend(client=pymemcache.Client(("10.0.0.1", 11212))).servers == (
+        ("10.0.0.1", 11212),)
+    assert MemcacheBackend(client=pymemcache.PooledClient("10.0.0.2:11213")).servers == (
+        ("10.0.0.2", 11213),)
+    sharded = HashClient([("10.0.0.3", 11211), "10.0.0.4:11211", "[::1]:11214"])
+    backend = MemcacheBackend(client=sharded)
+    assert backend.servers == (("10.0.0.3", 11211), ("10.0.0.4", 11211), ("::1", 11214))
+    assert backend.location == "memcached://10.0.0.3:11211,10.0.0.4:11211,[::1]:11214"
+    memcache = pytest.importorskip("memcache")  # python-memcached
+    single = memcache.Client(["10.0.0.5:11215"])
+    assert MemcacheBackend(client=single).servers == (("10.0.0.5", 11215),)
+    several = memcache.Client(["10.0.0.5:11215", "10.0.0.6:11216"])
+    with pytest.warns(SessionConfigWarning, match="CRC32 modulo"):
+        assert MemcacheBackend(client=several).servers == (
+            ("10.0.0.5", 11215), ("10.0.0.6", 11216))
+
+
+def test_servers_option() -> None:
+    backend = MemcacheBackend(servers=[("10.0.0.1", 11211), "10.0.0.2:11311", "[::1]:11411"])
+    assert backend.servers == (("10.0.0.1", 11211), ("10.0.0.2", 11311), ("::1", 11411))
+    assert backend.location == "memcached://10.0.0.1:11211,10.0.0.2:11311,[::1]:11411"
+    assert (backend.host, backend.port) == ("10.0.0.1", 11211)
+    app = make_app({"session_type": "memcache", "servers": [("10.0.0.1", 11211)]})
+    assert app.extensions["asyncsessions"].stores[0].backend.servers == (("10.0.0.1", 11211),)
+
+
+class _OtherHash:
+    seed = 0
 
 
 @pytest.mark.parametrize(
     ("options", "key", "message"),
     [
-        ({"client": python_memcached}, "client",
-         'aiomcache.Client("10.0.0.7", 11311), not memcache.Client'),
-        ({"client": pymemcache}, "client", 'aiomcache.Client("10.0.0.8", 11411)'),
         ({"client": object()}, "client", 'aiomcache.Client("127.0.0.1", 11211)'),
+        ({"client": fake("memcache", servers=[
+            SimpleNamespace(family=socket.AF_UNIX, address="/run/mc.sock")])},
+         "client", "'/run/mc.sock' is no (host, port) server"),
+        ({"client": fake("pymemcache.client.base", server="/run/mc.sock", key_prefix=b"")},
+         "client", "aiomcache speaks TCP only"),
+        ({"client": fake("pymemcache.client.base", server=("h", 1), key_prefix=b"app:")},
+         "client", "key_prefix of its own"),
+        ({"client": fake("pymemcache.client.hash", clients={}, hasher=_OtherHash(),
+                         key_prefix=b"")}, "client", "places keys with _OtherHash"),
+        ({"client": fake("pymemcache.client.base", server=("h", 0), key_prefix=b"")},
+         "client", "client: port must be 1-65535"),
         ({"client": aiomcache.Client("127.0.0.1"), "port": 11211}, "client", "not both"),
+        ({"client": aiomcache.Client("127.0.0.1"), "servers": [("h", 1)]}, "client",
+         "give client or servers"),
+        ({"servers": [("h", 1)], "host": "h"}, "servers", "give servers or host/port"),
+        ({"servers": "h:1"}, "servers", "servers must be a list"),
+        ({"servers": []}, "servers", "names no server"),
+        ({"servers": [("h", 1), "h:1"]}, "servers", "names a server twice"),
+        ({"servers": ["h"]}, "servers", "'h' is not 'host:port'"),
+        ({"servers": [("h", 1, 2)]}, "servers", "is not a (host, port) pair"),
+        ({"servers": [("h", "1")]}, "servers", "servers: port must be an int"),
+        ({"servers": [("", 1)]}, "servers", "servers: host must not be empty"),
         ({"host": 127001}, "host", "host must be a str"),
         ({"host": ""}, "host", "must not be empty"),
         ({"port": "11211"}, "port", "port must be an int"),
@@ -811,3 +869,177 @@ def test_foreign_item_is_a_fresh_session(
     stored = json.loads(value_of(memcached_server, prefix + new_sid) or b"null")
     assert stored == {"\u0000ttl": 86400, "\u0000p": False, "user_id": 42}
     assert d.show() == {"user_id": "42"}
+
+
+# -- Flask-Session's items ----------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_flask_session_item_is_read_when_asked(
+    backend: MemcacheBackend, memcached_server: MemcachedServer, key: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pytest.importorskip("msgspec")
+    backend.reads_flask_session = True
+    plant(memcached_server, key, FLASK_SESSION_MSGPACK)  # 60 s to live
+    assert await backend.load(key, touch=True) == Record({"user_id": b"42"}, True, foreign=True)
+    assert remaining_ttl(memcached_server, key) in range(55, 61)  # its own expiry, untouched
+    assert value_of(memcached_server, key) == FLASK_SESSION_MSGPACK
+    # The engine rewrites it whole: a new record's write replaces it.
+    assert await backend.store(key, Write({"user_id": b"42"}, (), True, 600, create=True))
+    assert await backend.load(key, touch=False) == Record({"user_id": b"42"}, True)
+    assert remaining_ttl(memcached_server, key) in range(595, 601)
+
+    # Never a pickle, nor an item another client flagged: one log line each, left as they are.
+    for value, flags, reason in [
+        (pickle.dumps({"user_id": 42}), 0, "a pickle"),  # (no line break in it)
+        (FLASK_SESSION_MSGPACK, 1, "client flags 1"),
+    ]:
+        other = key[:-1] + ("x" if key[-1] != "x" else "y")
+        plant(memcached_server, other, value, flags)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="asyncsessions"):
+            assert await backend.load(other, touch=False) is None
+        assert caplog.text.count("unreadable record") == 1
+        assert reason in caplog.text
+        assert value_of(memcached_server, other) == value
+
+
+# -- several servers ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def second_memcached(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MemcachedServer]:
+    """Another memcached, for a store sharded over two servers."""
+    try:
+        server = make_memcached(tmp_path_factory.mktemp("memcached-2"))
+    except Unavailable as exc:
+        missing(exc.what, exc.hint)
+    with serving(server):
+        yield server
+
+
+@pytest.fixture
+def two_servers(
+    memcached_server: MemcachedServer, second_memcached: MemcachedServer
+) -> list[MemcachedServer]:
+    return [memcached_server, second_memcached]
+
+
+def test_keys_go_where_pymemcache_hashclient_puts_them() -> None:
+    pytest.importorskip("pymemcache")
+    from pymemcache.client.rendezvous import RendezvousHash
+
+    nodes = ("10.0.0.1:11211", "10.0.0.2:11211", "::1:11211", "cache-4.internal:11311")
+    for count in range(1, len(nodes) + 1):
+        hasher = RendezvousHash(list(nodes[:count]))
+        for i in range(500):
+            key = f"session:{new_id()}" if i % 5 else f"sessión/ü€{i}:{new_id()}"
+            assert nodes[_rendezvous(nodes[:count], key)] == hasher.get_node(key)
+
+
+@pytest.mark.anyio
+async def test_sessions_are_spread_over_the_servers(
+    two_servers: list[MemcachedServer], prefix: str
+) -> None:
+    nodes = tuple(f"{s.host}:{s.port}" for s in two_servers)
+    backend = MemcacheBackend(servers=[(s.host, s.port) for s in two_servers])
+    assert backend.location == "memcached://" + ",".join(nodes)
+    keys = [prefix + new_id() for _ in range(30)]
+    try:
+        for key in keys:
+            assert await backend.store(key, Write({"a": b"1"}, (), False, 60, create=True))
+        homes = [_rendezvous(nodes, key) for key in keys]
+        assert set(homes) == {0, 1}  # both hold some
+        for key, home in zip(keys, homes, strict=True):
+            assert value_of(two_servers[home], key) is not None
+            assert value_of(two_servers[1 - home], key) is None
+            assert await backend.load(key, touch=True) == Record({"a": b"1"})
+            assert await backend.store(key, Write({"b": b"2"}))
+            assert await backend.load(key, touch=False) == Record({"a": b"1", "b": b"2"})
+            await backend.delete(key)
+            assert value_of(two_servers[home], key) is None
+        # One aiomcache client per server, and per event loop.
+        assert [(c._pool._host, c._pool._port) for c in backend.client.clients] == [
+            (s.host, s.port) for s in two_servers]
+    finally:
+        await close_loop_clients()
+
+
+def test_each_event_loop_has_its_own_clients(two_servers: list[MemcachedServer]) -> None:
+    backend = MemcacheBackend(servers=[(s.host, s.port) for s in two_servers])
+
+    async def clients() -> tuple[Any, ...]:
+        await backend.load("k" * 43, touch=False)
+        try:
+            return backend.client.clients
+        finally:
+            await close_loop_clients()
+
+    first, second = asyncio.run(clients()), asyncio.run(clients())
+    assert len(first) == len(second) == 2
+    assert not set(map(id, first)) & set(map(id, second))
+
+
+@pytest.mark.anyio
+async def test_a_server_down_fails_only_the_sessions_it_holds(
+    memcached_server: MemcachedServer, prefix: str
+) -> None:
+    down = ("127.0.0.1", free_port())
+    nodes = (f"{memcached_server.host}:{memcached_server.port}", f"{down[0]}:{down[1]}")
+    backend = MemcacheBackend(servers=[(memcached_server.host, memcached_server.port), down])
+    keys = [prefix + new_id() for _ in range(20)]
+    try:
+        for key in keys:
+            write = backend.store(key, Write({"a": b"1"}, (), False, 60, create=True))
+            if _rendezvous(nodes, key) == 0:
+                assert await write
+                assert await backend.load(key, touch=False) == Record({"a": b"1"})
+            else:
+                with pytest.raises(OSError):
+                    await write
+    finally:
+        await close_loop_clients()
+
+
+def test_flask_session_sessions_on_a_hashclient_stay_logged_in(
+    two_servers: list[MemcachedServer], prefix: str
+) -> None:
+    flask_session = pytest.importorskip("flask_session")
+    pytest.importorskip("msgspec")
+    from pymemcache.client.hash import HashClient
+
+    def app(extension: Any) -> flask.Flask:
+        made = flask.Flask(__name__)
+        made.config.update(
+            SECRET_KEY="s", SESSION_TYPE="memcached", SESSION_KEY_PREFIX=prefix,
+            SESSION_MEMCACHED=HashClient([(s.host, s.port) for s in two_servers]),
+        )
+        extension(made)
+
+        @made.post("/login/<int:user>")
+        def login(user: int) -> str:
+            flask.session["user_id"] = user
+            return "ok"
+
+        @made.get("/show")
+        def show() -> str:
+            return str(flask.session.get("user_id"))
+
+        return made
+
+    theirs = app(flask_session.Session)
+    cookies = []
+    for user in range(12):
+        client = theirs.test_client()
+        assert client.post(f"/login/{user}").status_code == 200
+        cookies.append(client.get_cookie("session").value)
+    stored = [[value_of(server, prefix + sid) is not None for server in two_servers]
+              for sid in cookies]
+    assert {tuple(where) for where in stored} == {(True, False), (False, True)}
+
+    ours = app(Session)
+    for user, sid in enumerate(cookies):
+        client = ours.test_client()
+        client.set_cookie("session", sid)
+        assert client.get("/show").text == str(user)

@@ -1,24 +1,31 @@
 """Memcached store: one blob per session, written under CAS, expiry refreshed on the read.
 
 A load remembers the item it read with its CAS token, so that the write usually following in
-the same request is a single ``cas`` (or token-conditional ``md``) over it.
+the same request is a single ``cas`` (or token-conditional ``md``) over it. Several servers
+share the keys by rendezvous hashing, as pymemcache's ``HashClient`` places them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
+import socket
+import struct
 import threading
 import time
 import unicodedata
-from collections.abc import AsyncIterator
+import warnings
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, NamedTuple
 
 import aiomcache
 from aiomcache.pool import Connection
 
+from ..errors import SessionConfigWarning
 from ..serialization import join_fields, split_fields
+from . import flask_session
 from .base import ClientBackend, Record, Write
 
 __all__ = ["MemcacheBackend"]
@@ -141,13 +148,38 @@ class _Client(aiomcache.Client):
             return reply[:-2]
 
 
-class MemcacheBackend(ClientBackend[_Client]):
+class _Servers:
+    """One event loop's clients, one per server; a key's server by rendezvous hashing."""
+
+    def __init__(self, clients: Sequence[_Client], nodes: Sequence[str]) -> None:
+        self.clients = tuple(clients)
+        self.nodes = tuple(nodes)
+
+    def for_key(self, key: str) -> _Client:
+        if len(self.clients) == 1:
+            return self.clients[0]
+        return self.clients[_rendezvous(self.nodes, key)]
+
+
+class MemcacheBackend(flask_session.ReadsFlaskSession, ClientBackend[_Servers]):
     """Sessions in memcached, through ``aiomcache`` (memcached 1.6 or later).
 
-    ``client`` is an ``aiomcache.Client`` whose host, port and pool settings are reused for
-    one client per event loop; otherwise ``host`` and ``port`` (default ``127.0.0.1:11211``).
-    aiomcache's default pool is 2 connections per loop: pass a client with a larger
-    ``pool_size`` for a busy Quart app.
+    The servers: ``host`` and ``port`` (default ``127.0.0.1:11211``); or ``servers``, a list
+    of ``(host, port)`` pairs or ``"host:port"`` strings; or ``client``, whose servers are
+    read: an ``aiomcache.Client`` (its pool settings are reused too), a pymemcache
+    ``Client``, ``PooledClient`` or ``HashClient`` (its TLS context is reused), or a
+    python-memcached ``memcache.Client``. Each event loop gets one aiomcache client per
+    server. aiomcache's default pool is 2 connections per loop and server: pass an
+    ``aiomcache.Client`` with a larger ``pool_size`` for a busy Quart app.
+
+    With several servers, each key lives on one of them, chosen by rendezvous (highest
+    random weight) hashing with MurmurHash3 over ``"host:port-key"``, exactly as pymemcache's
+    ``HashClient`` (Flask-Session's memcached client) chooses: a server added or removed
+    moves only the keys it gains or loses, and a key Flask-Session stored through a
+    ``HashClient`` of the same servers is found where it is. A server that is down fails the
+    requests whose sessions live on it (the store's ``on_error``); the others go on.
+    python-memcached spreads keys by CRC32 modulo instead, so the sessions it stored on
+    several servers are found only where the two agree (warned about at ``init_app``).
 
     Each session is one item: ``join_fields`` of its fields plus ``"\\u0000ttl": <seconds>``
     and ``"\\u0000p": <permanent>``, with client flags 0. Every write is conditional on a CAS
@@ -174,9 +206,14 @@ class MemcacheBackend(ClientBackend[_Client]):
 
     An item this store did not write (Flask-Session's msgpack, a client's flagged pickle,
     damaged JSON) or an item left without fields (as earlier versions emptied records) reads
-    as no session, the former with a warning. Writes never use ``set``: memcached drops the
-    old item when a ``set`` is refused as too large, while a refused ``cas`` or ``add`` leaves
-    it.
+    as no session, the former with a warning. With ``reads_flask_session``, an item of
+    client flags 0 in Flask-Session's msgpack or JSON is read as a foreign record; the
+    session's first write replaces it (``add`` refused, then ``gets`` and ``cas``). Its
+    expiry is its own, except that a refreshing read's ``gats`` (which takes the expiry
+    before the item is read) restarts it with the shortest TTL the store uses: under a
+    Flask-Session config that is its lifetime, as Flask-Session's own refresh on every
+    request did. Writes never use ``set``: memcached drops the old item when a ``set`` is
+    refused as too large, while a refused ``cas`` or ``add`` leaves it.
 
     TTLs over 30 days are sent as absolute Unix times, as memcached requires, so they rely
     on the app's and memcached's clocks agreeing.
@@ -206,37 +243,29 @@ class MemcacheBackend(ClientBackend[_Client]):
     max_key_length = 250  # memcached's limit; keys may hold no whitespace or control characters
 
     def __init__(
-        self, *, client: Any = None, host: str | None = None, port: int | None = None
+        self, *, client: Any = None, host: str | None = None, port: int | None = None,
+        servers: Sequence[tuple[str, int] | str] | None = None,
     ) -> None:
         super().__init__()
+        given = "client" if client is not None else "servers" if servers is not None else None
+        if client is not None and servers is not None:
+            raise ValueError("give client or servers, not both")
+        if given is not None and (host is not None or port is not None):
+            raise ValueError(f"give {given} or host/port, not both")
+        options: dict[str, Any] = {}
         if client is not None:
-            if host is not None or port is not None:
-                raise ValueError("give client or host/port, not both")
-            if not isinstance(client, aiomcache.FlagClient):
-                address = '"{}", {}'.format(*_address_of(client))
-                raise TypeError(
-                    f"client must be an aiomcache.Client, e.g. aiomcache.Client({address}), "
-                    f"not {type(client).__module__}.{type(client).__qualname__}"
-                )
-            pool = client._pool
-            host, port = pool._host, pool._port
-            options: dict[str, Any] = {"pool_size": pool._maxsize, "pool_minsize": pool._minsize,
-                                       "conn_args": pool.conn_args}
+            addresses, options = _servers_of(client)
+        elif servers is not None:
+            addresses = _servers_option(servers)
         else:
-            options = {}
-            host = "127.0.0.1" if host is None else host
-            port = 11211 if port is None else port
-            if not isinstance(host, str):
-                raise TypeError(f"host must be a str like '127.0.0.1', not {type(host).__name__}")
-            if not host:
-                raise ValueError("host must not be empty")
-            if not isinstance(port, int) or isinstance(port, bool):
-                raise TypeError(f"port must be an int like 11211, not {type(port).__name__}")
-            if not 0 < port < 65536:
-                raise ValueError(f"port must be 1-65535, not {port}")
-        self.host: str = host
-        self.port: int = port
-        self.location = f"memcached://[{host}]:{port}" if ":" in host else f"memcached://{host}:{port}"
+            addresses = [_checked("127.0.0.1" if host is None else host,
+                                  11211 if port is None else port)]
+        #: The servers, as given; keys are spread over them by rendezvous hashing.
+        self.servers: tuple[tuple[str, int], ...] = tuple(addresses)
+        self.host: str = addresses[0][0]
+        self.port: int = addresses[0][1]
+        self.location = "memcached://" + ",".join(_address(h, p) for h, p in addresses)
+        self._nodes = tuple(f"{h}:{p}" for h, p in addresses)  # pymemcache's node names
         self._options = options
         self._guess: int | None = None  # the TTL gats refreshes with (see the class docstring)
         self._remembered = _Remembered()
@@ -250,11 +279,14 @@ class MemcacheBackend(ClientBackend[_Client]):
                 )
         super().check_key_prefix(prefix)
 
-    def _new_client(self) -> _Client:
-        return _Client(self.host, self.port, **self._options)
+    def _new_client(self) -> _Servers:
+        return _Servers([_Client(h, p, **self._options) for h, p in self.servers], self._nodes)
+
+    async def _close_client(self, client: _Servers) -> None:
+        await asyncio.gather(*(c.close() for c in client.clients), return_exceptions=True)
 
     async def load(self, key: str, *, touch: bool) -> Record | None:
-        client = self.client
+        client = self.client.for_key(key)
         name = key.encode()
         guess = self._guess if touch else None
         command = b"gets" if guess is None else b"gats %d" % _exptime(guess)
@@ -264,6 +296,9 @@ class MemcacheBackend(ClientBackend[_Client]):
             try:
                 stored = _parse(item)
             except ValueError as exc:
+                if self.reads_flask_session and not item.flags:
+                    self._remembered.take(key)
+                    return flask_session.read(self, key, item.value)
                 self.unreadable(key, str(exc))  # left as it is: a write replaces it
         if item is None or stored is None or not stored.fields:
             self._remembered.take(key)
@@ -280,7 +315,7 @@ class MemcacheBackend(ClientBackend[_Client]):
     async def store(self, key: str, write: Write) -> bool:
         if write.permanent is not None and write.ttl is None:
             raise ValueError("a write that sets the permanent flag needs its ttl")
-        client = self.client
+        client = self.client.for_key(key)
         name = key.encode()
         # Taken whatever the write: a load's item serves the write of its own request only.
         loaded = self._remembered.take(key)
@@ -373,7 +408,7 @@ class MemcacheBackend(ClientBackend[_Client]):
 
     async def delete(self, key: str) -> None:
         self._remembered.take(key)
-        reply = await self.client.call(b"delete " + key.encode())
+        reply = await self.client.for_key(key).call(b"delete " + key.encode())
         if reply not in (b"DELETED", b"NOT_FOUND"):
             raise _unexpected(reply)
 
@@ -439,14 +474,151 @@ def _unexpected(reply: bytes) -> aiomcache.ClientException:
     return aiomcache.ClientException(f"unexpected reply from memcached: {reply[:200]!r}")
 
 
-def _address_of(client: Any) -> tuple[str, int]:
-    """The server a sync memcached client talks to, for the message that refuses it."""
-    servers = getattr(client, "servers", None)  # python-memcached: [_Host(ip, port), …]
-    first = servers[0] if isinstance(servers, list) and servers else None
-    host, port = getattr(first, "ip", None), getattr(first, "port", None)
-    server = getattr(client, "server", None)  # pymemcache: (host, port)
-    if isinstance(server, tuple) and len(server) == 2:
-        host, port = server
-    if isinstance(host, str) and isinstance(port, int):
-        return host, port
-    return "127.0.0.1", 11211
+def _checked(host: Any, port: Any, what: str = "") -> tuple[str, int]:
+    """``(host, port)``, or the ``TypeError``/``ValueError`` naming what is wrong."""
+    if not isinstance(host, str):
+        raise TypeError(f"{what}host must be a str like '127.0.0.1', not {type(host).__name__}")
+    if not host:
+        raise ValueError(f"{what}host must not be empty")
+    if not isinstance(port, int) or isinstance(port, bool):
+        raise TypeError(f"{what}port must be an int like 11211, not {type(port).__name__}")
+    if not 0 < port < 65536:
+        raise ValueError(f"{what}port must be 1-65535, not {port}")
+    return host, port
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _distinct(addresses: list[tuple[str, int]], what: str) -> list[tuple[str, int]]:
+    if not addresses:
+        raise ValueError(f"{what} names no server")
+    if len(set(addresses)) != len(addresses):
+        raise ValueError(f"{what} names a server twice")
+    return addresses
+
+
+def _servers_option(servers: Any) -> list[tuple[str, int]]:
+    """The ``servers`` option: ``(host, port)`` pairs or ``"host:port"`` strings."""
+    if isinstance(servers, (str, bytes)) or not isinstance(servers, Sequence):
+        raise TypeError('servers must be a list like [("10.0.0.1", 11211), ("10.0.0.2", 11211)]')
+    addresses = []
+    for server in servers:
+        if isinstance(server, str):
+            host, colon, port = server.rpartition(":")
+            if not colon or not port.isdigit() or not host:
+                raise ValueError(f"servers: {server!r} is not 'host:port'")
+            server = (host.removeprefix("[").removesuffix("]"), int(port))
+        if not isinstance(server, tuple) or len(server) != 2:
+            raise TypeError(f"servers: {server!r} is not a (host, port) pair")
+        addresses.append(_checked(*server, what="servers: "))
+    return _distinct(addresses, "servers")
+
+
+def _servers_of(client: Any) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """The servers a memcached client of aiomcache, pymemcache or python-memcached talks to,
+    and the aiomcache options that carry its settings over."""
+    kind = f"{type(client).__module__}.{type(client).__qualname__}"
+    if isinstance(client, aiomcache.FlagClient):
+        pool = client._pool
+        return [(pool._host, pool._port)], {
+            "pool_size": pool._maxsize, "pool_minsize": pool._minsize,
+            "conn_args": pool.conn_args}
+    module = type(client).__module__.partition(".")[0]
+    if module == "pymemcache":
+        if getattr(client, "key_prefix", b""):
+            raise ValueError(
+                f"client: this {kind} has a key_prefix of its own; drop it and set "
+                "key_prefix on the store instead (the same keys, and the same servers)"
+            )
+        hasher = getattr(client, "hasher", None)
+        if isinstance(getattr(client, "clients", None), dict) and hasher is not None:
+            # HashClient: every server it was given (dead ones are still in .clients).
+            if type(hasher).__name__ != "RendezvousHash" or getattr(hasher, "seed", 0) != 0:
+                raise ValueError(
+                    f"client: this {kind} places keys with {type(hasher).__name__}; "
+                    "asyncsessions places them as pymemcache's default RendezvousHash does"
+                )
+            specs = [getattr(c, "server", None) for c in client.clients.values()]
+        else:
+            specs = [getattr(client, "server", None)]
+        addresses = []
+        for spec in specs:
+            if not (isinstance(spec, tuple) and len(spec) == 2):
+                raise ValueError(
+                    f"client: {spec!r} is no (host, port) server; aiomcache speaks TCP only"
+                )
+            addresses.append(_checked(*spec, what="client: "))
+        tls = getattr(client, "tls_context", None)
+        return _distinct(addresses, "client"), {"conn_args": {"ssl": tls}} if tls else {}
+    hosts = getattr(client, "servers", None)
+    if module == "memcache" and isinstance(hosts, list):  # python-memcached: [_Host, …]
+        addresses = []
+        for server in hosts:
+            if getattr(server, "family", socket.AF_INET) not in (socket.AF_INET, socket.AF_INET6):
+                raise ValueError(
+                    f"client: {getattr(server, 'address', server)!r} is no (host, port) "
+                    "server; aiomcache speaks TCP only"
+                )
+            addresses.append(_checked(getattr(server, "ip", None), getattr(server, "port", None),
+                                      what="client: "))
+        addresses = _distinct(addresses, "client")
+        if len(addresses) > 1:
+            warnings.warn(
+                "client: python-memcached spreads keys over its servers by CRC32 modulo, "
+                "asyncsessions by rendezvous hashing (as pymemcache's HashClient does): the "
+                "live sessions it stored on another server than asyncsessions picks read as "
+                "no session, once",
+                SessionConfigWarning, stacklevel=2,
+            )
+        return addresses, {}
+    raise TypeError(
+        "client must be an aiomcache.Client, a pymemcache Client, PooledClient or HashClient, "
+        'or a python-memcached memcache.Client, e.g. aiomcache.Client("127.0.0.1", 11211) '
+        '(or give servers=[("127.0.0.1", 11211), …]), '
+        f"not {kind}"
+    )
+
+
+def _murmur3_32(data: bytes) -> int:
+    """MurmurHash3 (x86, 32 bits, seed 0), as pymemcache's ``murmur3_32`` computes it."""
+    c1, c2, mask = 0xCC9E2D51, 0x1B873593, 0xFFFFFFFF
+    h1 = 0
+    rounded = len(data) & ~3
+    for (k1,) in struct.iter_unpack("<I", data[:rounded]):
+        k1 = (k1 * c1) & mask
+        k1 = ((k1 << 15) | (k1 >> 17)) & mask
+        h1 ^= (k1 * c2) & mask
+        h1 = ((h1 << 13) | (h1 >> 19)) & mask
+        h1 = (h1 * 5 + 0xE6546B64) & mask
+    tail = data[rounded:]
+    if tail:
+        k1 = int.from_bytes(tail, "little")
+        k1 = (k1 * c1) & mask
+        k1 = ((k1 << 15) | (k1 >> 17)) & mask
+        h1 ^= (k1 * c2) & mask
+    h1 ^= len(data)
+    h1 ^= h1 >> 16
+    h1 = (h1 * 0x85EBCA6B) & mask
+    h1 ^= h1 >> 13
+    h1 = (h1 * 0xC2B2AE35) & mask
+    return h1 ^ (h1 >> 16)
+
+
+@functools.lru_cache(maxsize=1024)  # a request's load and write: hashed once (~20 µs a server)
+def _rendezvous(nodes: tuple[str, ...], key: str) -> int:
+    """The index of ``key``'s server: pymemcache's ``RendezvousHash.get_node``.
+
+    The highest hash of ``"node-key"`` wins, a tie going to the greater node name.
+    pymemcache hashes the text's code points, each cut to its low byte.
+    """
+    def score(index: int) -> tuple[int, str]:
+        text = f"{nodes[index]}-{key}"
+        try:
+            data = text.encode("latin-1")  # the same bytes, when every code point fits one
+        except UnicodeEncodeError:
+            data = bytes(ord(c) & 0xFF for c in text)
+        return _murmur3_32(data), nodes[index]
+
+    return max(range(len(nodes)), key=score)

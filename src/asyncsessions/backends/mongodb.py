@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -14,6 +15,7 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
+from . import flask_session
 from .base import ClientBackend, Record, Write
 
 __all__ = ["MongoDBBackend"]
@@ -39,7 +41,7 @@ _LAST_TIMESTAMP = datetime(9999, 12, 31, tzinfo=timezone.utc).timestamp()
 _BAD_DB_CHARS = frozenset(' ./\\"$\0')
 
 
-class MongoDBBackend(ClientBackend[AsyncClient]):
+class MongoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[AsyncClient]):
     """Sessions in a MongoDB collection, through PyMongo's ``AsyncMongoClient``.
 
     ``client`` may be a ``pymongo.AsyncMongoClient``, a Motor ``AsyncIOMotorClient`` or a
@@ -75,6 +77,14 @@ class MongoDBBackend(ClientBackend[AsyncClient]):
     that finds it before its own new expiry moves it on with a second update, at most once
     per ``ttl / 2``. Dead records linger up to ``ttl / 2`` (plus the monitor's minute) but
     are never read. Times come from the app servers' clocks.
+
+    With ``reads_flask_session``, a key with no record of this store is looked up as
+    Flask-Session keeps it in the same collection, ``{"id": key, "val": msgpack or JSON,
+    "expiration": date}``, live while ``expiration`` (UTC) is ahead; it is read as a foreign
+    record and left to its own TTL index. A new record's write and a delete also delete
+    Flask-Session's document of that key (one more round trip), so a replaced session never
+    comes back; a sparse index on ``id``, created with the TTL index, keeps those lookups
+    off a collection scan (Flask-Session made none).
     """
 
     def __init__(
@@ -117,6 +127,8 @@ class MongoDBBackend(ClientBackend[AsyncClient]):
         now = time.time()
         doc = await sessions.find_one({"_id": key}, projection=_PROJECTION)
         if doc is None:
+            if self.reads_flask_session:
+                return await self._load_flask_session(sessions, key)
             return None
         try:
             record = _record(doc)
@@ -134,20 +146,48 @@ class MongoDBBackend(ClientBackend[AsyncClient]):
             )
         return record
 
+    async def _load_flask_session(
+        self, sessions: AsyncCollection[Document], key: str
+    ) -> Record | None:
+        """Flask-Session's document of ``key``, if it is live."""
+        doc = await sessions.find_one({"id": key}, projection={"_id": 0, "val": 1, "expiration": 1})
+        if doc is None:
+            return None
+        expiration, value = doc.get("expiration"), doc.get("val")
+        if isinstance(expiration, str):
+            # A date as text: what some servers that speak MongoDB's protocol (nx-27017, the
+            # test server) keep when an update $sets a date on a document already there.
+            with contextlib.suppress(ValueError):
+                expiration = datetime.fromisoformat(expiration)
+        if not isinstance(expiration, datetime) or not isinstance(value, (bytes, str)):
+            self.unreadable(key, "a document with an id, but no date expiration or no val")
+            return None
+        if expiration.tzinfo is None:  # Flask-Session wrote datetime.utcnow() + lifetime
+            expiration = expiration.replace(tzinfo=timezone.utc)
+        if expiration <= datetime.now(timezone.utc):
+            return None
+        return flask_session.read(self, key, value.encode() if isinstance(value, str) else value)
+
     async def store(self, key: str, write: Write) -> bool:
         sessions = self._sessions()
         now = time.time()
         if write.create:
             written = await _create(sessions, key, write, now)
+            if self.reads_flask_session:
+                # Flask-Session's document of a session rewritten here: never read again.
+                await sessions.delete_many({"id": key})
         else:
             written = await _update(sessions, key, write, now)
         if written and self._index_pending:
             self._index_pending = False
-            await _create_ttl_index(sessions)
+            await _create_ttl_index(sessions, flask_session_ids=self.reads_flask_session)
         return written
 
     async def delete(self, key: str) -> None:
-        await self._sessions().delete_one({"_id": key})
+        if self.reads_flask_session:
+            await self._sessions().delete_many({"$or": [{"_id": key}, {"id": key}]})
+        else:
+            await self._sessions().delete_one({"_id": key})
 
 
 async def _create(
@@ -367,7 +407,9 @@ def _expiry(now: float, ttl: int) -> Document:
     return {"expires_at": expires_at, "expires": expires}
 
 
-async def _create_ttl_index(sessions: AsyncCollection[Document]) -> None:
+async def _create_ttl_index(
+    sessions: AsyncCollection[Document], *, flask_session_ids: bool = False
+) -> None:
     try:
         await sessions.create_index("expires", expireAfterSeconds=0)
     except PyMongoError as exc:
@@ -377,3 +419,12 @@ async def _create_ttl_index(sessions: AsyncCollection[Document]) -> None:
             "until deleted: create it with expireAfterSeconds=0, or pass create_index=False",
             sessions.full_name, exc,
         )
+    if flask_session_ids:
+        try:
+            await sessions.create_index("id", sparse=True)  # only Flask-Session's have an id
+        except PyMongoError as exc:
+            logger.warning(
+                "could not create an index on %s.id (%s); looking up Flask-Session's "
+                "sessions scans the collection: create one (sparse=True)",
+                sessions.full_name, exc,
+            )

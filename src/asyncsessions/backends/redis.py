@@ -16,7 +16,7 @@ from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import parse_url
 from redis.exceptions import NoScriptError
 
-from . import resp
+from . import flask_session, resp
 from .base import ClientBackend, Record, Write
 
 __all__ = ["RedisBackend"]
@@ -47,10 +47,13 @@ _TTL_SHAPE = re.compile(rb"[1-9][0-9]{0,14}")
 
 # Read, and with ARGV[2] == '1' slide the expiry, in one round trip, with the TTL the record
 # was written with (a permanent session's lifetime differs from a browser session's, and only
-# the record knows). Any other type at the key (Flask-Session keeps a string under the same
-# name) is reported by its type name instead of failing with WRONGTYPE, and left alone.
+# the record knows). Any other type at the key is reported by its type name instead of
+# failing with WRONGTYPE, and left alone; except that with ARGV[3] == '1' a string (what
+# Flask-Session keeps under the same name) is returned as a list of one, its value: a hash's
+# HGETALL is always of even length. A string's own TTL is left as it is.
 _LOAD = b"""
 local kind = redis.call('TYPE', KEYS[1]).ok
+if kind == 'string' and ARGV[3] == '1' then return {redis.call('GET', KEYS[1])} end
 if kind ~= 'hash' then return kind end
 local data = redis.call('HGETALL', KEYS[1])
 if ARGV[2] == '1' then
@@ -119,7 +122,7 @@ _load = _Script(_LOAD)
 _store = _Script(_STORE)
 
 
-class RedisBackend(ClientBackend[AsyncClient]):
+class RedisBackend(flask_session.ReadsFlaskSession, ClientBackend[AsyncClient]):
     """Sessions in Redis or a Redis Cluster.
 
     ``client`` may be a ``redis.asyncio.Redis`` or ``RedisCluster`` (its settings are reused
@@ -131,6 +134,10 @@ class RedisBackend(ClientBackend[AsyncClient]):
     of ``redis.asyncio``'s pool and command machinery per op, which at loopback latency is
     most of a request's session cost. TLS, unix sockets, credential providers, custom
     connection classes or hooks, RESP3 and clusters keep ``redis.asyncio``.
+
+    With ``reads_flask_session``, a string under the key (Flask-Session's msgpack or JSON)
+    is read in the same round trip as a foreign record; it keeps its own TTL until the
+    session's first write replaces it with a hash.
     """
 
     def __init__(
@@ -178,11 +185,13 @@ class RedisBackend(ClientBackend[AsyncClient]):
         return self._make()
 
     async def load(self, key: str, *, touch: bool) -> Record | None:
-        reply = await _load(self.client, key, _TTL, int(touch))
+        reply = await _load(self.client, key, _TTL, int(touch), int(self.reads_flask_session))
         if isinstance(reply, bytes):  # the key's type: not a hash
             if reply != b"none":
                 self.unreadable(key, f"a redis {reply.decode()}, not a hash")
             return None
+        if len(reply) == 1:  # a string, asked for: Flask-Session's
+            return flask_session.read(self, key, reply[0])
         try:
             return _record(dict(zip(reply[::2], reply[1::2], strict=True)))
         except ValueError as exc:

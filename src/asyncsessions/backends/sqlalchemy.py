@@ -21,6 +21,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,6 +29,7 @@ from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from . import flask_session
 from .base import ClientBackend, Record, Write
 
 __all__ = ["SQLAlchemyBackend"]
@@ -197,6 +199,19 @@ def _table(metadata: sa.MetaData, name: str, schema: str | None) -> sa.Table:
     )
 
 
+def _legacy_table(metadata: sa.MetaData, name: str, schema: str | None) -> sa.Table:
+    """Flask-Session's table, as its ``create_session_model`` makes it (only read here)."""
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("session_id", sa.String(255)),
+        sa.Column("data", sa.LargeBinary()),
+        sa.Column("expiry", sa.DateTime()),
+        schema=schema,
+    )
+
+
 @dataclass
 class _Database:
     """The engine of one event loop, and the lock its first uses wait on for the table."""
@@ -205,7 +220,7 @@ class _Database:
     setup: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-class SQLAlchemyBackend(ClientBackend[_Database]):
+class SQLAlchemyBackend(flask_session.ReadsFlaskSession, ClientBackend[_Database]):
     """Sessions in a SQL table, through SQLAlchemy's asyncio engine.
 
     ``url`` is a database URL: an async one (``postgresql+asyncpg://``,
@@ -257,6 +272,16 @@ class SQLAlchemyBackend(ClientBackend[_Database]):
 
     Needs PostgreSQL 12+, MySQL 8.0.4+ or MariaDB 10.6+ (``JSON_TABLE``), SQLite 3.38+ or
     one built with JSON1. Field values must be UTF-8 text without NUL (the engine's JSON is).
+
+    Flask-Session's sessions: with ``reads_flask_session`` and ``legacy_table`` (the name of
+    Flask-Session's table, ``SESSION_SQLALCHEMY_TABLE``, in the same ``schema``), an id with
+    no row here is looked up there (``session_id = key``, one more ``SELECT``); a row whose
+    ``expiry`` (UTC, by the app's clock, as Flask-Session wrote and compared it) is ahead is
+    read as a foreign record. Its first write creates the row here and deletes the one
+    there; so does every new record's write (one more ``DELETE``), and a delete deletes both.
+    Nothing else in that table is written: once every live session has moved
+    (``PERMANENT_SESSION_LIFETIME``), it can be dropped. A ``legacy_table`` that does not
+    exist is none to read.
     """
 
     max_key_length = 255
@@ -270,6 +295,7 @@ class SQLAlchemyBackend(ClientBackend[_Database]):
         schema: str | None = None,
         create_table: bool = True,
         cleanup_every: int = 100,
+        legacy_table: str | None = None,
     ) -> None:
         super().__init__()
         if url is not None and engine is not None:
@@ -291,6 +317,13 @@ class SQLAlchemyBackend(ClientBackend[_Database]):
             raise TypeError(f"cleanup_every must be an int, not {type(cleanup_every).__name__}")
         if cleanup_every < 0:
             raise ValueError(f"cleanup_every must be >= 0 (0: never), not {cleanup_every}")
+        if legacy_table is not None and (not isinstance(legacy_table, str) or not legacy_table):
+            raise TypeError("legacy_table must be a non-empty str (Flask-Session's table) or None")
+        if legacy_table == table:
+            raise ValueError(
+                f"legacy_table {legacy_table!r} is Flask-Session's table and cannot be this "
+                "store's too: set table to another name, e.g. table='asyncsessions'"
+            )
         assert url is not None
         self.url: URL = _async_url(url)
         self.dialect = self.url.get_backend_name()
@@ -302,6 +335,10 @@ class SQLAlchemyBackend(ClientBackend[_Database]):
         self._table = _table(sa.MetaData(), table, schema)
         preparer = self.url.get_dialect()().identifier_preparer
         self._sql = _statements(self.dialect, preparer.format_table(self._table))
+        self.legacy_table = legacy_table
+        self._legacy = None if legacy_table is None else _legacy_table(
+            sa.MetaData(), legacy_table, schema)
+        self._legacy_live = False  # whether the legacy table exists and is read (_prepare)
         self._ready = False
         self._foreign: str | None = None  # why the table is not ours, once found out
         self._writes = itertools.count(1)
@@ -334,11 +371,12 @@ class SQLAlchemyBackend(ClientBackend[_Database]):
 
     async def load(self, key: str, *, touch: bool) -> Record | None:
         sql = self._sql
-        touched = touch and sql.load_touch is not None
+        statement = sql.load_touch if touch and sql.load_touch is not None else sql.load
+        touched = statement is sql.load_touch
         async with await self._connect() as conn:
-            row = (await conn.execute(sql.load_touch if touched else sql.load, {"id": key})).first()
+            row = (await conn.execute(statement, {"id": key})).first()
             if row is None:
-                return None
+                return await self._load_legacy(conn, key) if self._legacy_live else None
             try:
                 record = _record(*row)
             except ValueError as exc:
@@ -364,6 +402,7 @@ class SQLAlchemyBackend(ClientBackend[_Database]):
                 await conn.execute(sql.create, {"id": key, "data": _dumps(fields),
                                                 "permanent": write.permanent, "ttl": ttl})
                 written = True
+                await self._delete_legacy(conn, key)  # a Flask-Session row it replaces
             else:
                 patch: dict[str, str | None] = {_escape(name): None for name in write.removed}
                 patch.update((_escape(name), value.decode("utf-8"))
@@ -386,6 +425,31 @@ class SQLAlchemyBackend(ClientBackend[_Database]):
     async def delete(self, key: str) -> None:
         async with await self._connect() as conn:
             await conn.execute(self._sql.delete, {"id": key})
+            await self._delete_legacy(conn, key)
+
+    async def _load_legacy(self, conn: AsyncConnection, key: str) -> Record | None:
+        """Flask-Session's row of ``key``, if it is live."""
+        assert self._legacy is not None
+        legacy = self._legacy.c
+        row = (await conn.execute(
+            sa.select(legacy.data, legacy.expiry).where(legacy.session_id == key).limit(1)
+        )).first()
+        if row is None:
+            return None
+        data, expiry = row
+        if not isinstance(expiry, datetime) or not isinstance(data, (bytes, memoryview)):
+            self.unreadable(key, f"a row of {self.legacy_table!r} without data or expiry")
+            return None
+        if expiry.tzinfo is None:  # Flask-Session wrote datetime.utcnow() + lifetime
+            expiry = expiry.replace(tzinfo=timezone.utc)
+        if expiry <= datetime.now(timezone.utc):
+            return None
+        return flask_session.read(self, key, bytes(data))
+
+    async def _delete_legacy(self, conn: AsyncConnection, key: str) -> None:
+        if self._legacy_live:
+            assert self._legacy is not None
+            await conn.execute(sa.delete(self._legacy).where(self._legacy.c.session_id == key))
 
     async def _cleanup(self, conn: AsyncConnection) -> None:
         # The write it follows has landed: a failure here must not fail the request.
@@ -414,6 +478,23 @@ class SQLAlchemyBackend(ClientBackend[_Database]):
         if problem is not None:
             self._foreign = problem
             raise RuntimeError(problem)
+        if self._legacy is not None:
+            async with engine.connect() as conn:
+                problem = await conn.run_sync(self._check_legacy_table)
+            if problem is not None and problem != "missing":
+                self._foreign = problem
+                raise RuntimeError(problem)
+            if problem is None and not self.reads_flask_session:
+                logger.warning(
+                    "session store %r: legacy_table %r is read only with read_flask_session",
+                    self.name, self.legacy_table,
+                )
+            elif problem == "missing" and self.reads_flask_session:
+                logger.info(
+                    "session store %r: legacy_table %r does not exist: no Flask-Session "
+                    "sessions to read", self.name, self.legacy_table,
+                )
+            self._legacy_live = problem is None and self.reads_flask_session
         self._ready = True
 
     @property
@@ -433,6 +514,23 @@ class SQLAlchemyBackend(ClientBackend[_Database]):
             f"table {self._name!r} at {self.location} is not an asyncsessions table (its "
             f"columns: {', '.join(columns)}; another program's sessions?): set table= to "
             "another name for this store, e.g. table='asyncsessions'"
+        )
+
+    def _check_legacy_table(self, conn: sa.Connection) -> str | None:
+        """``None`` if ``legacy_table`` is Flask-Session's, ``"missing"``, or what is wrong."""
+        assert self.legacy_table is not None
+        inspector = sa.inspect(conn)
+        if not inspector.has_table(self.legacy_table, schema=self.schema):
+            return "missing"
+        columns = {c["name"].lower()
+                   for c in inspector.get_columns(self.legacy_table, schema=self.schema)}
+        if {"session_id", "data", "expiry"} <= columns:
+            return None
+        name = f"{self.schema}.{self.legacy_table}" if self.schema else self.legacy_table
+        return (
+            f"legacy_table {name!r} at {self.location} is not Flask-Session's table (no "
+            "session_id, data and expiry columns): set legacy_table to the name of "
+            "Flask-Session's (SESSION_SQLALCHEMY_TABLE), or remove it"
         )
 
 
