@@ -4,8 +4,8 @@ Each test calls one store directly (``load``, ``store``, ``delete``) on an event
 own, against the real server, and runs once per store type. What a store keeps on its server
 is looked at through a *probe* of its own client (a raw redis client, memcached's text
 protocol, PyMongo, Firestore's sync client, the file, raw SQL over a sync SQLAlchemy engine,
-the cachelib cache's file read as raw bytes, Elasticsearch's REST API, boto3 for DynamoDB),
-never through the store under test.
+the cachelib cache's file read as raw bytes, Elasticsearch's REST API, boto3 for DynamoDB,
+Datastore's sync client), never through the store under test.
 
 The tests that wait for records to expire share one timeline for all the selected stores
 (``timeline``), so the suite sleeps about five seconds once instead of once per store.
@@ -44,7 +44,7 @@ _SERVER = {"redis": "redis", "redis_cluster": "redis", "memcache": "memcached",
            "mongodb": "mongodb", "firestore": "firestore",
            "sqlalchemy_postgresql": "postgresql", "sqlalchemy_mysql": "mariadb",
            "peewee_postgresql": "postgresql", "elasticsearch": "opensearch",
-           "dynamodb": "dynamodb"}
+           "dynamodb": "dynamodb", "datastore": "datastore"}
 
 #: Bound on any one store call: a hang fails the test instead of stalling the run.
 OP_TIMEOUT = 20.0
@@ -407,6 +407,33 @@ class DynamoDBProbe(Probe):
         self.client.close()
 
 
+class DatastoreProbe(Probe):
+    """Datastore's sync client on the emulator: entities of kind ``Session`` named by key."""
+
+    def __init__(self, entry: dict[str, Any]) -> None:
+        from google.cloud import datastore
+
+        self.datastore = datastore
+        self.client: Any = datastore.Client(project=entry["project"])
+
+    def plant(self, key: str) -> None:
+        # Another library's entity under the store's key: a pickle-like blob and an expiry.
+        entity = self.datastore.Entity(self.client.key("Session", key),
+                                       exclude_from_indexes=("data",))
+        entity.update({"data": FOREIGN_MSGPACK,
+                       "expiry": datetime.now(timezone.utc) + timedelta(minutes=10)})
+        self.client.put(entity)
+
+    def dump(self, key: str) -> Any:
+        entity = self.client.get(self.client.key("Session", key))
+        return None if entity is None else dict(entity)
+
+    def close(self) -> None:
+        api = self.client._datastore_api_internal
+        if api is not None:
+            api.transport.close()
+
+
 def make_probe(kind: str, entry: dict[str, Any], backend: Backend) -> Probe:
     if kind == "filesystem":
         return FileProbe(backend)
@@ -428,6 +455,8 @@ def make_probe(kind: str, entry: dict[str, Any], backend: Backend) -> Probe:
         return ElasticsearchProbe(entry)
     if kind == "dynamodb":
         return DynamoDBProbe(entry)
+    if kind == "datastore":
+        return DatastoreProbe(entry)
     raise AssertionError(kind)
 
 
