@@ -145,8 +145,8 @@ def _sqlalchemy(request: pytest.FixtureRequest, prefix: str) -> Store:
     table, ours_table = f"fs_{uuid.uuid4().hex[:8]}", f"as_{uuid.uuid4().hex[:8]}"
     engine = sa.create_engine(server.url)
     dbs: list[Any] = []
-    # Until dialects.py maps SESSION_SQLALCHEMY_TABLE to legacy_table and gives this store a
-    # table of its own (the change this test proposes), the mapping is patched in here.
+    # dialects.py's mapping, with a table of this test's own for ours (so that tests running
+    # on one database never share it).
     patch = request.getfixturevalue("monkeypatch")
     patch.setitem(dialects.LEGACY_TYPES, "sqlalchemy", dialects.LegacyType(
         "sqlalchemy",

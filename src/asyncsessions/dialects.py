@@ -42,10 +42,12 @@ LEGACY_TYPES: dict[str, LegacyType] = {
          "SESSION_MONGODB_COLLECT": "collection"},
         {"db": "flask_session", "collection": "sessions"},
     ),
+    # Their table (default "sessions") has another shape: it is read, ours lives beside it.
     "sqlalchemy": LegacyType(
         "sqlalchemy",
-        {"SESSION_SQLALCHEMY": "engine", "SESSION_SQLALCHEMY_TABLE": "table",
+        {"SESSION_SQLALCHEMY": "engine", "SESSION_SQLALCHEMY_TABLE": "legacy_table",
          "SESSION_SQLALCHEMY_SCHEMA": "schema"},
+        {"table": "asyncsessions", "legacy_table": "sessions"},
     ),
     "dynamodb": LegacyType(
         "dynamodb",
