@@ -362,12 +362,20 @@ async def test_statements_per_call(kind: str, backend: PeeweeBackend, key: str) 
     assert statements == (["SELECT", "UPDATE"] if sqlite else ["WITH"])
     statements.clear()
     await backend.store(key, Write({"b": v(2)}))
-    # BEGIN and COMMIT are not query-hooked on sync databases: they run on the cursor.
-    assert [s for s in statements if s not in ("BEGIN", "COMMIT")] == ["UPDATE", "INSERT"]
-    statements.clear()
-    await backend.store(key, Write({}, ["a", "b"]))
+    # BEGIN and COMMIT are not query-hooked on sync databases: they run on the cursor. The
+    # SELECT reads the field names under the row's lock, to refuse a row it cannot read.
     assert [s for s in statements if s not in ("BEGIN", "COMMIT")] == [
-        "UPDATE", "DELETE", "DELETE"]
+        "UPDATE", "SELECT", "INSERT"]
+    statements.clear()
+    await backend.store(key, Write({"ünï": v(3)}))
+    statements.clear()
+    await backend.load(key, touch=True)
+    # A name that is not ASCII: PostgreSQL refreshes once Python has read it.
+    assert statements == (["SELECT", "UPDATE"] if sqlite else ["WITH", "UPDATE"])
+    statements.clear()
+    await backend.store(key, Write({}, ["a", "b", "ünï"]))
+    assert [s for s in statements if s not in ("BEGIN", "COMMIT")] == [
+        "UPDATE", "SELECT", "DELETE", "DELETE"]
 
 
 # -- connections --------------------------------------------------------------------------------
@@ -494,8 +502,67 @@ async def test_sqlite_row_of_another_shape_reads_as_none_and_is_left(
     assert f"unreadable record {masked(key)!r} read as no session" in caplog.text
     after = probe.run(f'SELECT * FROM "{table}"'), probe.run(f'SELECT * FROM "{table}_fields"')
     assert after == before  # a read never changes what it cannot read
+    # Nor does an update: it is no session of ours, only a new id's write replaces it.
+    assert await backend.store(key, Write({"b": v(2)})) is False
+    assert await backend.store(key, Write({"b": v(2)}, ["a"], True, 600)) is False
+    after = probe.run(f'SELECT * FROM "{table}"'), probe.run(f'SELECT * FROM "{table}_fields"')
+    assert after == before
     assert await backend.store(key, Write({"b": v(2)}, (), False, 60, create=True))
     assert await backend.load(key, touch=False) == Record({"b": v(2)})
+
+
+def _rows(probe: Probe, key: str) -> tuple[Any, ...]:
+    p = probe.p
+    return (probe.run(f'SELECT * FROM {probe.sessions} WHERE "key" = {p}', key),
+            sorted((bytes(n), bytes(v)) for n, v in probe.run(
+                f'SELECT "name", "value" FROM {probe.fields} WHERE "key" = {p}', key)))
+
+
+@pytest.mark.parametrize("damage", ["name_not_utf8", "one_of_many_names_not_utf8",
+                                    "ttl_zero", "ttl_negative", "no_fields"])
+async def test_unreadable_session_is_neither_touched_nor_updated(
+    backend: PeeweeBackend, probe: Probe, key: str, damage: str
+) -> None:
+    """Exactly the rows ``load`` rejects are left alone by reads and by updates."""
+    await backend.store(key, Write({"a": v(1), "ünï": v(2)}, (), False, 600, create=True))
+    p = probe.p
+    if damage == "name_not_utf8":
+        probe.run(f'DELETE FROM {probe.fields} WHERE "key" = {p}', key)
+        probe.run(f'INSERT INTO {probe.fields} ("key", "name", "value") VALUES ({p}, {p}, {p})',
+                  key, b"user_id\xff", b"x")
+    elif damage == "one_of_many_names_not_utf8":
+        probe.run(f'INSERT INTO {probe.fields} ("key", "name", "value") VALUES ({p}, {p}, {p})',
+                  key, b"\xed\xa0\x80", b"x")  # a surrogate: not UTF-8 to Python
+    elif damage == "no_fields":
+        probe.run(f'DELETE FROM {probe.fields} WHERE "key" = {p}', key)
+    else:
+        probe.run(f'UPDATE {probe.sessions} SET "ttl" = {p} WHERE "key" = {p}',
+                  0 if damage == "ttl_zero" else -5, key)
+    probe.expires_in(key, 300)
+    before = _rows(probe, key)
+    for touch in (True, False):
+        assert await backend.load(key, touch=touch) is None
+        assert _rows(probe, key) == before, f"the read (touch={touch}) changed the row"
+    assert await backend.store(key, Write({"b": v(3)})) is False
+    assert await backend.store(key, Write({}, ["a"])) is False
+    assert await backend.store(key, Write({"b": v(3)}, (), True, 900)) is False
+    assert _rows(probe, key) == before, "a refused update changed the row"
+    assert await backend.store(key, Write({"b": v(3)}, (), False, 60, create=True))
+    assert await backend.load(key, touch=False) == Record({"b": v(3)})
+
+
+@pytest.mark.parametrize("name", ["plain", "ünïcödé", "a\0b", "😀"])
+async def test_touch_refreshes_a_readable_session_whatever_its_names(
+    backend: PeeweeBackend, probe: Probe, key: str, name: str
+) -> None:
+    await backend.store(key, Write({name: v(1), "a": v(2)}, (), False, 600, create=True))
+    probe.expires_in(key, 10)
+    assert await backend.load(key, touch=True) == Record({name: v(1), "a": v(2)})
+    session = probe.session(key)
+    assert session is not None
+    assert session[2] > time.time() + 500
+    assert await backend.store(key, Write({"b": v(3)}))
+    assert await backend.load(key, touch=False) == Record({name: v(1), "a": v(2), "b": v(3)})
 
 
 # -- settings -----------------------------------------------------------------------------------

@@ -54,12 +54,15 @@ class PeeweeBackend(Backend):
 
     - A new id's row is written (replacing whatever was under the key, fields too), then
       its fields.
-    - An update first updates the session's row, only if it is there and not expired (the
-      update takes the row's lock on PostgreSQL, the database's write lock on SQLite, until
-      the transaction ends): a session a logout or ``regenerate()`` deleted stays deleted,
-      and ``store`` returns ``False`` having written nothing. Then its fields are set and
-      dropped; fields the write does not name are left as they are, so concurrent requests
-      that change different fields all survive.
+    - An update first updates the session's row, only if it is there, not expired and
+      readable (its lifetime and flag are checked in the update; the update takes the row's
+      lock on PostgreSQL, the database's write lock on SQLite, until the transaction ends),
+      then reads the session's field names under that lock and checks them as ``load``
+      does: a session a logout or ``regenerate()`` deleted stays deleted, a row this store
+      cannot read is left as it is, and ``store`` returns ``False`` having written nothing
+      (the transaction is rolled back). Then its fields are set and dropped; fields the
+      write does not name are left as they are, so concurrent requests that change
+      different fields all survive.
     - A write that removes fields and sets none deletes the session's row if no field is
       left, in the same transaction: a field another request wrote first keeps it.
     - A write that does not set the permanent flag keeps the stored flag and lifetime, and
@@ -68,10 +71,16 @@ class PeeweeBackend(Backend):
     PostgreSQL must run the store's transactions at READ COMMITTED, its default: under a
     stricter isolation level concurrent writes of one session fail instead of waiting.
 
-    Round trips on PostgreSQL: a read-only request 1 (the sliding refresh is in the same
-    statement); a writing one 1 + 4 (``BEGIN``, the row, the fields, ``COMMIT``), one more
-    when it removes fields too, 5 for a new session. A sync database that is not pooled
-    connects before each of them.
+    A read never changes a row it cannot read: the sliding refresh only restarts the expiry
+    of a row ``load`` accepts.
+
+    Round trips on PostgreSQL: a read-only request 1 when every field name of the session
+    is ASCII (the read and the sliding refresh are one statement, which refreshes only a row
+    whose lifetime is valid and whose names are all ASCII, so surely readable), 2 otherwise
+    (the refresh follows once Python has checked the names); a writing one 1 + 5
+    (``BEGIN``, the row, the field names, the fields, ``COMMIT``), one more when it removes
+    fields too, 5 for a new session. A sync database that is not pooled connects before
+    each of them.
 
     Every ``cleanup_every`` writes of this process (0: never) the write also deletes up to
     twice that many expired sessions, so they cannot pile up faster than sessions are made.
@@ -243,21 +252,25 @@ class PeeweeBackend(Backend):
             name, value = row[2], row[3]
             if name is None:
                 continue  # the outer join's row of a session without fields
-            if not isinstance(name, (bytes, memoryview)) or not isinstance(
-                value, (bytes, memoryview)
-            ):
-                raise _Unreadable("a field's name or value is not a byte string")
-            try:
-                fields[bytes(name).decode("utf-8")] = bytes(value)
-            except UnicodeDecodeError:
-                raise _Unreadable("a field's name is not UTF-8") from None
+            checked = _field_name(name, isinstance(value, (bytes, memoryview)))
+            fields[checked] = bytes(value)
         if not fields:
             return None
-        if touch and not one_statement:
+        # The one statement refreshed the row only if its names are all ASCII (rows[0][4]):
+        # the others are refreshed now that they are known to be readable.
+        if touch and not (one_statement and rows[0][4]):
             self._execute(sql.touch, (key,))
         return Record(fields, bool(permanent))
 
     def _store(
+        self, key: str, changed: dict[str, bytes], removed: frozenset[str], write: Write
+    ) -> bool:
+        try:
+            return self._store_in_transaction(key, changed, removed, write)
+        except _Refused:
+            return False
+
+    def _store_in_transaction(
         self, key: str, changed: dict[str, bytes], removed: frozenset[str], write: Write
     ) -> bool:
         sql = self._sql
@@ -276,6 +289,19 @@ class PeeweeBackend(Backend):
                 )
                 if cursor.rowcount == 0:
                     return False
+                # Under the row's lock, the names as ``load`` checks them: a session this
+                # store cannot read (or one without fields, which reads as none) is no
+                # session of ours, and only a new id's write replaces it.
+                names_rows = self._execute(sql.field_names, (key,)).fetchall()
+                try:
+                    for name, value_is_bytes in names_rows:
+                        _field_name(name, bool(value_is_bytes))
+                except _Unreadable:
+                    readable = False
+                else:
+                    readable = bool(names_rows)
+                if not readable:
+                    raise _Refused  # rolls back the row's update
                 names = [name.encode("utf-8") for name in removed]
                 for batch in _chunks(names, _NAMES_PER_DELETE):
                     self._execute(sql.delete_named(len(batch)), (key, *batch))
@@ -308,6 +334,20 @@ class _Unreadable(Exception):
     """A row this store did not write (the message says why)."""
 
 
+class _Refused(Exception):
+    """Raised in a write's transaction to roll it back: the row is not a session of ours."""
+
+
+def _field_name(name: Any, value_is_bytes: bool) -> str:
+    """A field's name as ``load`` reads it; raises :class:`_Unreadable` for one it cannot."""
+    if not isinstance(name, (bytes, memoryview)) or not value_is_bytes:
+        raise _Unreadable("a field's name or value is not a byte string")
+    try:
+        return bytes(name).decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Unreadable("a field's name is not UTF-8") from None
+
+
 class _Sql:
     """The statements of one table pair in one dialect.
 
@@ -329,19 +369,32 @@ class _Sql:
         'SELECT s."permanent", s."ttl", f."name", f."value" FROM {s} s '
         'LEFT JOIN {f} f ON f."key" = s."key" WHERE s."key" = {p} AND s."expires" > {now}'
     )
-    # PostgreSQL: the sliding refresh and the read in one statement.
+    # PostgreSQL: the read and the sliding refresh in one statement. The refresh is only of
+    # a row surely readable (valid lifetime, fields, every name ASCII, so UTF-8); the fifth
+    # column says whether it happened, and ``load`` refreshes the others it finds readable.
     _LOAD_TOUCHING = (
-        'WITH s AS (UPDATE {s} SET "expires" = {now} + "ttl" '
-        'WHERE "key" = {p} AND "expires" > {now} RETURNING "key", "permanent", "ttl") '
-        'SELECT s."permanent", s."ttl", f."name", f."value" FROM s '
+        'WITH s AS (SELECT "key", "permanent", "ttl" FROM {s} '
+        'WHERE "key" = {p} AND "expires" > {now}), '
+        't AS (UPDATE {s} SET "expires" = {now} + "ttl" '
+        'WHERE "key" IN (SELECT "key" FROM s) AND "expires" > {now} AND {valid} '
+        'AND EXISTS (SELECT 1 FROM {f} WHERE {f}."key" = {s}."key") '
+        'AND NOT EXISTS (SELECT 1 FROM {f} WHERE {f}."key" = {s}."key" '
+        "AND encode({f}.\"name\", 'hex') !~ '^([0-7][0-9a-f])*$') RETURNING 1) "
+        'SELECT s."permanent", s."ttl", f."name", f."value", EXISTS (SELECT 1 FROM t) FROM s '
         'LEFT JOIN {f} f ON f."key" = s."key"'
     )
-    _TOUCH = 'UPDATE {s} SET "expires" = {now} + "ttl" WHERE "key" = {p} AND "expires" > {now}'
+    _TOUCH = (
+        'UPDATE {s} SET "expires" = {now} + "ttl" '
+        'WHERE "key" = {p} AND "expires" > {now} AND {valid}'
+    )
+    # {valid}: the lifetime and flag ``load`` accepts, checked where SQL can.
     _UPDATE_SESSION = (
         'UPDATE {s} SET "permanent" = COALESCE({p}, "permanent"), '
         '"ttl" = COALESCE({p}, "ttl"), "expires" = {now} + COALESCE({p}, "ttl") '
-        'WHERE "key" = {p} AND "expires" > {now}'
+        'WHERE "key" = {p} AND "expires" > {now} AND {valid}'
     )
+    # The names, and whether each value is a byte string, for ``_field_name``.
+    _FIELD_NAMES = 'SELECT "name", {value_is_blob} FROM {f} WHERE "key" = {p}'
     _PUT_SESSION = (
         'INSERT INTO {s} ("key", "permanent", "ttl", "expires") '
         'VALUES ({p}, {p}, {p}, {now} + {p}) ON CONFLICT ("key") DO UPDATE SET '
@@ -375,17 +428,25 @@ class _Sql:
                      "rowid": " WITHOUT ROWID"}
             # The database's clock, in Unix seconds (julianday has milliseconds).
             now = "((julianday('now') - 2440587.5) * 86400.0)"
+            # SQLite keeps whatever it is given: a hand-edited row may hold any type.
+            valid = ("""typeof("ttl") = 'integer' AND "ttl" >= 1 """
+                     """AND typeof("permanent") IN ('integer', 'real') AND "permanent" IN (0, 1)""")
+            value_is_blob = """typeof("value") = 'blob'"""
         else:
             types = {"boolean": "BOOLEAN", "real": "DOUBLE PRECISION", "blob": "BYTEA",
                      "rowid": ""}
             now = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
+            valid = '"ttl" >= 1'  # the flag is a BOOLEAN NOT NULL, the values BYTEA NOT NULL
+            value_is_blob = "TRUE"
         self._names = {"s": f'"{table}"', "f": f'"{table}{_FIELDS_SUFFIX}"', "p": param,
-                       "now": now, "index": f'"{table}_expires"'}
+                       "now": now, "index": f'"{table}_expires"', "valid": valid,
+                       "value_is_blob": value_is_blob}
         self.schema = tuple(self._render(statement, **types) for statement in self._SCHEMA)
         self.load = self._render(self._LOAD)
         self.load_touching = self._render(self._LOAD_TOUCHING)
         self.touch = self._render(self._TOUCH)
         self.update_session = self._render(self._UPDATE_SESSION)
+        self.field_names = self._render(self._FIELD_NAMES)
         self.put_session = self._render(self._PUT_SESSION)
         self.delete_session = self._render(self._DELETE_SESSION)
         self.delete_fields = self._render(self._DELETE_FIELDS)
