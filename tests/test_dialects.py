@@ -150,3 +150,9 @@ def test_the_readme_migration_table_is_this_table() -> None:
         defaults = ", ".join(f"`{k}={v!r}`" for k, v in legacy.defaults.items())
         row = f"| `{name}` | {legacy.libraries} | `{legacy.store}` | {keys} | {defaults} |"
         assert row in readme, row
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:6379", "localhost", "http://127.0.0.1:6379/0"])
+def test_a_redis_url_without_its_scheme_is_refused_at_init_app(url: str) -> None:
+    with pytest.raises(ValueError, match=r"SESSION_CONFIG\[0\] 'url': url must start with redis"):
+        settings(SESSION_CONFIG=[{"cookie_name": "s", "session_type": "redis", "url": url}])

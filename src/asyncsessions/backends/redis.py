@@ -148,6 +148,11 @@ class RedisBackend(flask_session.ReadsFlaskSession, ClientBackend[AsyncClient]):
             raise ValueError("give client or url, not both")
         if url is not None and not isinstance(url, str):
             raise TypeError("url must be a str like 'redis://127.0.0.1:6379/0'")
+        if url is not None and url.partition("://")[0] not in ("redis", "rediss", "unix"):
+            # Checked here: redis-py would only fail at the first request.
+            raise ValueError(
+                f"url must start with redis://, rediss:// or unix://, not {url.split('@')[-1]!r}"
+            )
         if not isinstance(cluster, bool):
             raise TypeError("cluster must be True or False")
         if client is None:
