@@ -37,6 +37,13 @@ STORE_OPTIONS: dict[str, Callable[[dict[str, str]], dict[str, Any]]] = {
     "mongodb": lambda u: {"url": u["mongo_url"]},
     "memcache": lambda u: {"host": u["memcache_host"], "port": int(u["memcache_port"])},
     "firestore": lambda u: {"project": "demo"},
+    "sqlalchemy": lambda u: {"url": u["sql_url"]},
+    "peewee": lambda u: {"database": _peewee(u["sql_url"])},
+    "cachelib": lambda u: {"client": _file_cache(u["fs_dir"])},
+    "dynamodb": lambda u: {"endpoint_url": u["dynamodb_url"] or None,
+                           "region_name": u["aws_region"]},
+    "datastore": lambda u: {"project": "demo"},
+    "elasticsearch": lambda u: {"url": u["elasticsearch_url"]},
 }
 DEFAULT_URLS = {
     "redis_url": "redis://127.0.0.1:6379/0",
@@ -44,7 +51,23 @@ DEFAULT_URLS = {
     "memcache_host": "127.0.0.1",
     "memcache_port": "11211",
     "fs_dir": os.path.join(tempfile.gettempdir(), "asyncsessions-demo"),
+    "sql_url": "sqlite:///" + os.path.join(tempfile.gettempdir(), "asyncsessions-demo.db"),
+    "dynamodb_url": "",
+    "aws_region": "us-east-1",
+    "elasticsearch_url": "http://127.0.0.1:9200",
 }
+
+
+def _peewee(url: str) -> Any:
+    from playhouse.db_url import connect
+
+    return connect(url)
+
+
+def _file_cache(directory: str) -> Any:
+    from cachelib import FileSystemCache
+
+    return FileSystemCache(os.path.join(directory, "cachelib"))
 # Fields given to the stores between the first (csrf_token) and the last ('auto').
 MIDDLE_FIELDS = ["user_id", "cart", "prefs", "user_data"]
 
@@ -231,9 +254,15 @@ def main() -> None:
     parser.add_argument("--redis-url", default=DEFAULT_URLS["redis_url"])
     parser.add_argument("--mongo-url", default=DEFAULT_URLS["mongo_url"])
     parser.add_argument("--memcache-port", default=DEFAULT_URLS["memcache_port"])
+    parser.add_argument("--sql-url", default=DEFAULT_URLS["sql_url"],
+                        help="for sqlalchemy and peewee (default: a SQLite file)")
+    parser.add_argument("--dynamodb-url", default=DEFAULT_URLS["dynamodb_url"],
+                        help="a DynamoDB endpoint (default: AWS itself)")
+    parser.add_argument("--elasticsearch-url", default=DEFAULT_URLS["elasticsearch_url"])
     args = parser.parse_args()
     app = create_app(args.stores, redis_url=args.redis_url, mongo_url=args.mongo_url,
-                     memcache_port=args.memcache_port)
+                     memcache_port=args.memcache_port, sql_url=args.sql_url,
+                     dynamodb_url=args.dynamodb_url, elasticsearch_url=args.elasticsearch_url)
     app.run(host=args.host, port=args.port)
 
 

@@ -50,3 +50,28 @@ def test_demo_with_every_store_type(
     for kind in ("redis", "mongodb", "memcache", "firestore", "filesystem"):
         assert kind in page
     assert page.count("ms") >= 5  # a load time per server-side store
+
+
+def test_demo_with_the_sql_cache_and_cloud_stores(
+    tmp_path: Any, postgres_server: Any, dynamodb_server: Any, opensearch_server: Any,
+    datastore_emulator: Any, monkeypatch: Any,
+) -> None:
+    monkeypatch.setenv("DATASTORE_EMULATOR_HOST", datastore_emulator.host_port)
+    for name, value in dynamodb_server.credentials.items():
+        if name.startswith("aws_"):
+            monkeypatch.setenv(name.upper(), value)
+    app = create_app(
+        "secure_cookie,sqlalchemy,peewee,dynamodb,datastore,elasticsearch,cachelib",
+        sql_url=postgres_server.url, dynamodb_url=dynamodb_server.endpoint_url,
+        elasticsearch_url=opensearch_server.url, fs_dir=str(tmp_path),
+    )
+    client = app.test_client()
+    assert client.get("/").status_code == 200
+    with client.session_transaction() as sess:
+        token = sess["csrf_token"]
+    for key in ("user_id", "cart", "prefs", "user_data", "field5", "note"):
+        reply = client.post("/set", data={"csrf_token": token, "key": key, "value": "[1]"})
+        assert reply.status_code == 303
+    page = client.get("/").get_data(as_text=True)
+    for kind in ("sqlalchemy", "peewee", "dynamodb", "datastore", "elasticsearch", "cachelib"):
+        assert kind in page
