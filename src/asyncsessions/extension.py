@@ -41,6 +41,12 @@ class Session:
 
             app.session_interface = FlaskSessionInterface(engine, get_bridge())
         app.extensions["asyncsessions"] = engine
+        cli = getattr(app, "cli", None)
+        if cli is not None and hasattr(cli, "add_command"):
+            from .cli import sessions_command
+
+            # ``flask sessions ...`` / ``quart sessions ...``
+            cli.add_command(sessions_command(app, engine, quart=_is_quart(app)))
 
 
 def _is_quart(app: Any) -> bool:

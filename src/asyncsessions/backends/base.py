@@ -43,6 +43,21 @@ Values are opaque bytes (UTF-8 JSON text from :mod:`asyncsessions.serialization`
 names are ``str`` not starting with NUL (so a store may keep its own metadata under names
 that do), checked by the engine before any store sees them.
 
+Optional, for the ``flask sessions`` command (:mod:`asyncsessions.cli`); the defaults mean
+"not supported" and are always safe:
+
+``count(prefix) -> int | None``
+    How many live records have keys starting with ``prefix``; ``None`` (the default): the
+    store cannot count cheaply.
+
+``purge(prefix, *, batch, dry_run)`` (an async iterator of ``int``)
+    Remove expired records from a store whose server does not expire them itself, at most
+    ``batch`` per step, yielding how many each step removed (with ``dry_run``: would remove,
+    and nothing changes). A store may remove expired records of other prefixes at its
+    location (they are dead whatever their key). Only records still expired when deleted
+    go, so a record a request revives meanwhile is kept. ``purges_expired = False`` (the
+    default) says the store has nothing to purge: its server expires records natively.
+
 Errors: a store raises whatever its driver raises when the server fails (unreachable,
 refused, too large); the engine turns it into :class:`~asyncsessions.SessionBackendError`
 naming the store and its :attr:`Store.location`. Settings are checked in ``__init__`` (raise
@@ -56,7 +71,7 @@ import asyncio
 import logging
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -166,6 +181,20 @@ class Backend(Store, ABC):
     @abstractmethod
     async def delete(self, key: str) -> None:
         """Remove the record under ``key``; a missing record is not an error."""
+
+    # -- optional, for the CLI (see the module docstring) --------------------------------------
+
+    #: Whether :meth:`purge` removes anything (``False``: the server expires records itself).
+    purges_expired: ClassVar[bool] = False
+
+    async def count(self, prefix: str) -> int | None:
+        """Live records under ``prefix``; ``None``: this store cannot count them cheaply."""
+        return None
+
+    async def purge(self, prefix: str, *, batch: int, dry_run: bool) -> AsyncIterator[int]:
+        """Remove expired records, ``batch`` at most per step, yielding each step's count."""
+        if False:  # pragma: no cover - an async generator that yields nothing
+            yield 0
 
 
 class ClientSideBackend(Store, ABC):

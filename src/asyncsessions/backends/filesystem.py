@@ -10,6 +10,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import AsyncIterator, Generator, Iterator
 from contextlib import suppress
 from hashlib import sha256
 from typing import IO, NamedTuple
@@ -111,6 +112,25 @@ class FilesystemBackend(Backend):
 
     async def delete(self, key: str) -> None:
         await run_blocking(_delete, self._path(key))
+
+    purges_expired = True
+
+    async def count(self, prefix: str) -> int | None:
+        directory = os.path.dirname(self._path(prefix))
+        # Keys too long for a file name are hashed: those are not counted under any prefix.
+        return await run_blocking(_count, directory, _file_name(prefix).removesuffix(_SUFFIX))
+
+    async def purge(self, prefix: str, *, batch: int, dry_run: bool) -> AsyncIterator[int]:
+        # Every dead record of the directory, whatever its prefix (as the cleanup does).
+        sweep = _sweep(os.path.dirname(self._path(prefix)), dry_run=dry_run)
+        try:
+            done = False
+            while not done:
+                dead, done = await run_blocking(_take, sweep, batch)
+                if dead:
+                    yield dead
+        finally:
+            await run_blocking(sweep.close)
 
     def _path(self, key: str) -> str:
         if self.directory is None:
@@ -304,31 +324,77 @@ def _delete(path: str) -> None:
 def _cleanup(directory: str) -> None:
     """Remove every dead record and stale temp file in ``directory``; never raises."""
     try:
+        for _ in _sweep(directory, dry_run=False):
+            pass
+    except Exception:
+        logger.warning("session cleanup of %s failed", directory, exc_info=True)
+
+
+def _sweep(directory: str, *, dry_run: bool) -> Generator[bool, None, None]:
+    """Remove the dead records in ``directory``, yielding after each entry (True: a dead one).
+
+    With ``dry_run``, only look: nothing is removed.
+    """
+    try:
         with os.scandir(directory) as entries:
             for entry in entries:
                 try:
-                    _collect(entry)
+                    yield _collect(entry, dry_run=dry_run)
                 except FileNotFoundError:
                     pass  # a writer or another process's cleanup got there first
                 except OSError:
                     logger.warning("session cleanup skipped %s", entry.path, exc_info=True)
     except FileNotFoundError:
         pass  # the directory was removed: nothing to clean until a write makes it again
-    except Exception:
-        logger.warning("session cleanup of %s failed", directory, exc_info=True)
 
 
-def _collect(entry: os.DirEntry[str]) -> None:
-    """Remove ``entry`` if it is a dead record or a temp file left by a crash."""
+def _take(sweep: Iterator[bool], limit: int) -> tuple[int, bool]:
+    """Dead records from ``sweep`` until ``limit`` of them; and whether the sweep ended."""
+    dead = 0
+    for found in sweep:
+        dead += found
+        if dead >= limit:
+            return dead, False
+    return dead, True
+
+
+def _count(directory: str, start: str) -> int:
+    """Live records in ``directory`` whose file names start with ``start``."""
+    live = 0
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if not (entry.name.startswith(start) and entry.name.endswith(_SUFFIX)):
+                    continue
+                try:
+                    with open(entry.path, "rb") as file:
+                        live += _is_live(file)
+                except FileNotFoundError:
+                    pass
+    except FileNotFoundError:
+        pass
+    return live
+
+
+def _collect(entry: os.DirEntry[str], *, dry_run: bool = False) -> bool:
+    """Remove ``entry`` if it is a dead record or a temp file left by a crash.
+
+    True if it is a dead record (removed, or with ``dry_run`` left as it is).
+    """
     if entry.name.endswith(_SUFFIX):
         with open(entry.path, "rb") as file:
             if _is_live(file):
-                return  # most records are live: look before taking the lock
+                return False  # most records are live: look before taking the lock
+        if dry_run:
+            return True
         with _open_locked(entry.path, create=False) as file:
             if not _is_live(file):  # still dead, now that no writer can revive it
                 os.unlink(entry.path)
-    elif entry.name.endswith(".tmp") and time.time_ns() - entry.stat().st_mtime_ns > _STALE_TEMP_NS:
+                return True
+    elif (not dry_run and entry.name.endswith(".tmp")
+          and time.time_ns() - entry.stat().st_mtime_ns > _STALE_TEMP_NS):
         os.unlink(entry.path)
+    return False
 
 
 def _is_live(file: IO[bytes]) -> bool:

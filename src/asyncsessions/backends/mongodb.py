@@ -6,7 +6,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 from typing import Any, TypeGuard
 
@@ -182,6 +182,34 @@ class MongoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[AsyncClient]
             self._index_pending = False
             await _create_ttl_index(sessions, flask_session_ids=self.reads_flask_session)
         return written
+
+    # -- the CLI's (see base.py) ---------------------------------------------------------------
+
+    purges_expired = True  # what the TTL index has not deleted yet, or all without one
+
+    async def count(self, prefix: str) -> int | None:
+        live = {"$cond": [_OURS, _alive(time.time()), False]}
+        return await self._sessions().count_documents({**_under(prefix), "$expr": live})
+
+    async def purge(self, prefix: str, *, batch: int, dry_run: bool) -> AsyncIterator[int]:
+        sessions = self._sessions()
+        if dry_run:
+            found = await sessions.count_documents(_dead(prefix, time.time()))
+            if found:
+                yield found
+            return
+        while True:
+            ids = [doc["_id"] async for doc in sessions.find(
+                _dead(prefix, time.time()), projection={"_id": 1}, limit=batch)]
+            if not ids:
+                return
+            # Again, with the clock of now: a record revived meanwhile stays.
+            result = await sessions.delete_many(
+                {"$and": [{"_id": {"$in": ids}}, _dead(prefix, time.time())]})
+            if result.deleted_count:
+                yield result.deleted_count
+            if len(ids) < batch:
+                return
 
     async def delete(self, key: str) -> None:
         if self.reads_flask_session:
@@ -364,6 +392,16 @@ _OURS: Document = {"$and": [
     ]},
 ]}
 _NO_FIELDS: Document = {"$expr": {"$eq": ["$f", {"$literal": {}}]}}
+
+
+def _under(prefix: str) -> Document:
+    """Documents whose (string) ``_id`` starts with ``prefix``, on the ``_id`` index."""
+    return {"_id": {"$regex": "^" + re.escape(prefix)}}
+
+
+def _dead(prefix: str, now: float) -> Document:
+    """This store's records under ``prefix`` that have expired."""
+    return {**_under(prefix), "$expr": {"$cond": [_OURS, {"$not": [_alive(now)]}, False]}}
 
 
 def _alive(now: float) -> Document:

@@ -10,7 +10,7 @@ import re
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -177,6 +177,23 @@ class PeeweeBackend(Backend):
     async def delete(self, key: str) -> None:
         await self._run(self._delete, key)
 
+    # -- the CLI's (see base.py) ---------------------------------------------------------------
+
+    purges_expired = True
+
+    async def count(self, prefix: str) -> int | None:
+        return await self._run(self._scalar, self._sql.count, (len(prefix), prefix))
+
+    async def purge(self, prefix: str, *, batch: int, dry_run: bool) -> AsyncIterator[int]:
+        # Every expired session of the table, whatever its prefix, as the cleanup deletes.
+        if dry_run:
+            found = await self._run(self._scalar, self._sql.count_expired)
+            if found:
+                yield found
+            return
+        while removed := await self._run(self._delete_expired, batch):
+            yield removed
+
     # -- running calls --------------------------------------------------------------------------
 
     async def _run(self, job: Callable[..., T], *args: Any) -> T:
@@ -323,11 +340,21 @@ class PeeweeBackend(Backend):
 
     def _cleanup(self) -> None:
         try:
-            with self._transaction():
-                for statement in self._sql.cleanup:
-                    self._execute(statement, (2 * self.cleanup_every,))
+            self._delete_expired(2 * self.cleanup_every)
         except peewee.DatabaseError:
             logger.warning("session cleanup in %s failed", self.location, exc_info=True)
+
+    def _delete_expired(self, limit: int) -> int:
+        """Delete up to ``limit`` expired sessions; how many went."""
+        removed = 0
+        with self._transaction():
+            for statement in self._sql.cleanup:
+                removed = self._execute(statement, (limit,)).rowcount
+        return max(removed, 0)
+
+    def _scalar(self, sql: str, params: Sequence[Any] = ()) -> int:
+        row = self._execute(sql, params).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
 
 
 class _Unreadable(Exception):
@@ -452,6 +479,9 @@ class _Sql:
         self.delete_fields = self._render(self._DELETE_FIELDS)
         self.delete_if_empty = self._render(self._DELETE_IF_EMPTY)
         expired = self._render(self._EXPIRED)
+        self.count = self._render('SELECT count(*) FROM {s} WHERE "expires" > {now} '
+                                  'AND substr("key", 1, {p}) = {p}')
+        self.count_expired = self._render('SELECT count(*) FROM {s} WHERE "expires" <= {now}')
         self.cleanup = tuple(
             self._render(statement, expired=expired)
             for statement in (self._CLEANUP_SQLITE if sqlite else self._CLEANUP_POSTGRESQL)

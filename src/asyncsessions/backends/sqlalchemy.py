@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -79,6 +79,8 @@ class _Statements:
     remove_if_empty: sa.TextClause
     delete: sa.TextClause
     cleanup: sa.TextClause
+    count: sa.TextClause
+    count_expired: sa.TextClause
 
 
 def _statements(backend: str, table: str) -> _Statements:
@@ -107,7 +109,7 @@ def _statements(backend: str, table: str) -> _Statements:
                   " ttl = EXCLUDED.ttl, expires = EXCLUDED.expires")
         # FOR UPDATE SKIP LOCKED: cleanups of several processes never wait for each other.
         cleanup = (f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table}"
-                   f" WHERE expires <= now() LIMIT {_CLEANUP_BATCH} FOR UPDATE SKIP LOCKED)")
+                   f" WHERE expires <= now() LIMIT CAST(:limit AS integer) FOR UPDATE SKIP LOCKED)")
     elif backend in ("mysql", "mariadb"):
         now = "UTC_TIMESTAMP(6)"  # DATETIME has no time zone: UTC, whatever the session's
 
@@ -126,7 +128,7 @@ def _statements(backend: str, table: str) -> _Statements:
         create = (f"REPLACE INTO {table} (id, data, permanent, ttl, expires)"
                   f" VALUES (:id, :data, :permanent, :ttl, {later(':ttl')})")
         cleanup = (f"DELETE FROM {table} WHERE expires <= UTC_TIMESTAMP(6)"
-                   f" ORDER BY expires LIMIT {_CLEANUP_BATCH}")
+                   " ORDER BY expires LIMIT :limit")
     else:
         # Text that sorts as it counts, to the millisecond, in UTC.
         now = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
@@ -144,7 +146,7 @@ def _statements(backend: str, table: str) -> _Statements:
         create = (f"REPLACE INTO {table} (id, data, permanent, ttl, expires)"
                   f" VALUES (:id, :data, :permanent, :ttl, {later(':ttl')})")
         cleanup = (f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table}"
-                   f" WHERE expires <= {now} LIMIT {_CLEANUP_BATCH})")
+                   f" WHERE expires <= {now} LIMIT :limit)")
     select = f"SELECT {data}, permanent, ttl FROM {table} WHERE id = :id AND expires > {now}"
     load_touch = None
     if backend == "postgresql":
@@ -174,6 +176,9 @@ def _statements(backend: str, table: str) -> _Statements:
         ),
         delete=sa.text(f"DELETE FROM {table} WHERE id = :id"),
         cleanup=sa.text(cleanup),
+        count=sa.text(f"SELECT count(*) FROM {table} WHERE expires > {now}"
+                      " AND substr(id, 1, :length) = :prefix"),
+        count_expired=sa.text(f"SELECT count(*) FROM {table} WHERE expires <= {now}"),
     )
 
 
@@ -427,6 +432,30 @@ class SQLAlchemyBackend(flask_session.ReadsFlaskSession, ClientBackend[_Database
             await conn.execute(self._sql.delete, {"id": key})
             await self._delete_legacy(conn, key)
 
+    # -- the CLI's (see base.py) --------------------------------------------------------------
+
+    purges_expired = True
+
+    async def count(self, prefix: str) -> int | None:
+        async with await self._connect() as conn:
+            found = await conn.scalar(self._sql.count,
+                                      {"length": len(prefix), "prefix": prefix})
+        return int(found or 0)
+
+    async def purge(self, prefix: str, *, batch: int, dry_run: bool) -> AsyncIterator[int]:
+        # Every expired row of the table, whatever its prefix, with the write's cleanup
+        # statement (Flask-Session's legacy table is left to Flask-Session).
+        while True:
+            async with await self._connect() as conn:
+                if dry_run:
+                    found = int(await conn.scalar(self._sql.count_expired) or 0)
+                else:
+                    found = (await conn.execute(self._sql.cleanup, {"limit": batch})).rowcount
+            if found > 0:
+                yield found
+            if dry_run or found < batch:
+                return
+
     async def _load_legacy(self, conn: AsyncConnection, key: str) -> Record | None:
         """Flask-Session's row of ``key``, if it is live."""
         assert self._legacy is not None
@@ -454,7 +483,7 @@ class SQLAlchemyBackend(flask_session.ReadsFlaskSession, ClientBackend[_Database
     async def _cleanup(self, conn: AsyncConnection) -> None:
         # The write it follows has landed: a failure here must not fail the request.
         try:
-            await conn.execute(self._sql.cleanup)
+            await conn.execute(self._sql.cleanup, {"limit": _CLEANUP_BATCH})
         except Exception:
             logger.warning("session store %r: cleanup of expired rows failed", self.name,
                            exc_info=True)
