@@ -109,7 +109,8 @@ def sessions_command(app: Any, engine: Engine, *, quart: bool) -> click.Group:
         for store, backend in server_side():
             label = _label(store)
             if not backend.purges_expired:
-                click.echo(f"{label}: nothing to purge (the server expires sessions itself)")
+                click.echo(f"{label}: not purged (no purge in this store: its records expire"
+                           " natively or by the store's own cleanup)")
                 continue
             try:
                 total = run(partial(_purge, backend, store.key_prefix, batch=batch,
