@@ -51,12 +51,12 @@ Optional, for the ``flask sessions`` command (:mod:`asyncsessions.cli`); the def
     store cannot count cheaply.
 
 ``purge(prefix, *, batch, dry_run)`` (an async iterator of ``int``)
-    Remove expired records from a store whose server does not expire them itself, at most
-    ``batch`` per step, yielding how many each step removed (with ``dry_run``: would remove,
-    and nothing changes). A store may remove expired records of other prefixes at its
-    location (they are dead whatever their key). Only records still expired when deleted
-    go, so a record a request revives meanwhile is kept. ``purges_expired = False`` (the
-    default) says the store has nothing to purge: its server expires records natively.
+    Remove expired records, at most ``batch`` per step, yielding how many each step removed
+    (``dry_run``: would remove, nothing changes, possibly counted in one step). Only records
+    still expired when deleted go. A store may also remove expired records of other
+    prefixes at its location: they are dead whatever their key. ``purges_expired = False``
+    (the default): the store has no purge (its server expires records natively, or its own
+    cleanup deletes them).
 
 Errors: a store raises whatever its driver raises when the server fails (unreachable,
 refused, too large); the engine turns it into :class:`~asyncsessions.SessionBackendError`
