@@ -11,7 +11,9 @@ from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.sentinel
 import redis.connection
+import redis.sentinel
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import parse_url
 from redis.exceptions import NoScriptError
@@ -135,15 +137,67 @@ class RedisBackend(flask_session.ReadsFlaskSession, ClientBackend[AsyncClient]):
     most of a request's session cost. TLS, unix sockets, credential providers, custom
     connection classes or hooks, RESP3 and clusters keep ``redis.asyncio``.
 
+    With ``sentinel`` (a list of ``(host, port)`` Redis Sentinel addresses) and
+    ``service_name``, the master is found through the sentinels by redis-py's
+    ``redis.asyncio.Sentinel(...).master_for(service_name)``, a client per event loop, and
+    found again after a failover. ``sentinel_kwargs`` are the sentinels' own connection
+    settings (``password``, ``ssl``, …); ``db``, ``username``, ``password``, ``ssl`` and
+    ``connection_kwargs`` (any other redis-py connection setting, e.g. ``ssl_ca_certs`` or
+    ``socket_timeout``) are the master's. A ``client`` made by ``Sentinel.master_for``
+    (async or sync) is cloned the same way. Sentinel clients never take the RESP fast path.
+
     With ``reads_flask_session``, a string under the key (Flask-Session's msgpack or JSON)
     is read in the same round trip as a foreign record; it keeps its own TTL until the
     session's first write replaces it with a hash.
     """
 
     def __init__(
-        self, *, client: Any = None, url: str | None = None, cluster: bool = False
+        self,
+        *,
+        client: Any = None,
+        url: str | None = None,
+        cluster: bool = False,
+        sentinel: Any = None,
+        service_name: str | None = None,
+        sentinel_kwargs: Mapping[str, Any] | None = None,
+        db: int | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        ssl: bool | None = None,
+        connection_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self._make: Callable[[], AsyncClient]
+        master = {"db": db, "username": username, "password": password, "ssl": ssl,
+                  "connection_kwargs": connection_kwargs}
+        given = [name for name, value in master.items() if value is not None]
+        if sentinel is None:
+            for name, value in (("service_name", service_name),
+                                ("sentinel_kwargs", sentinel_kwargs)):
+                if value is not None:
+                    raise ValueError(f"{name} goes with sentinel=[(host, port), ...]")
+            if given:
+                raise ValueError(
+                    f"{given[0]} goes with sentinel=[(host, port), ...]; give it in the url "
+                    "(redis://user:password@host:port/db, rediss:// for TLS) or the client"
+                )
+        else:
+            if client is not None or url is not None or cluster:
+                other = "client" if client is not None else "url" if url is not None else "cluster"
+                raise ValueError(f"sentinel: give sentinel or {other}, not both")
+            addresses = _sentinel_addresses(sentinel)
+            if not isinstance(service_name, str) or not service_name:
+                raise ValueError(
+                    "service_name: sentinel needs the monitored master's name, "
+                    "e.g. service_name='mymaster'"
+                )
+            sentinel_settings = _sentinel_settings(sentinel_kwargs)
+            kwargs = _master_settings(db, username, password, ssl, connection_kwargs)
+            self._make = _sentinel_factory(addresses, service_name, sentinel_settings, kwargs)
+            self.location = _sentinel_location(
+                addresses, service_name, int(kwargs.get("db") or 0), bool(kwargs.get("ssl"))
+            )
+            return
         if client is not None and url is not None:
             raise ValueError("give client or url, not both")
         if url is not None and not isinstance(url, str):
@@ -159,7 +213,7 @@ class RedisBackend(flask_session.ReadsFlaskSession, ClientBackend[AsyncClient]):
             target = url or "redis://127.0.0.1:6379/0"
             factory = redis.asyncio.RedisCluster if cluster else redis.asyncio.Redis
             fast = None if cluster else _fast_cloner_for_url(target)
-            self._make: Callable[[], AsyncClient] = fast or (lambda: factory.from_url(target))
+            self._make = fast or (lambda: factory.from_url(target))
             self.location = _url_location(target, cluster=cluster)
         elif isinstance(client, redis.asyncio.RedisCluster):
             self._make = _cluster_cloner(client)
@@ -167,6 +221,11 @@ class RedisBackend(flask_session.ReadsFlaskSession, ClientBackend[AsyncClient]):
                 client.connection_kwargs.get("connection_class"),
                 [(n.host, n.port) for n in client.startup_nodes],
             )
+        elif isinstance(client, (redis.asyncio.Redis, redis.Redis)) and isinstance(
+            client.connection_pool,
+            (redis.asyncio.sentinel.SentinelConnectionPool, redis.sentinel.SentinelConnectionPool),
+        ):
+            self._make, self.location = _sentinel_cloner(client.connection_pool)
         elif isinstance(client, (redis.asyncio.Redis, redis.Redis)):
             pool = client.connection_pool
             fast = _fast_cloner(pool.connection_class, pool.connection_kwargs)
@@ -188,6 +247,14 @@ class RedisBackend(flask_session.ReadsFlaskSession, ClientBackend[AsyncClient]):
 
     def _new_client(self) -> AsyncClient:
         return self._make()
+
+    async def _close_client(self, client: AsyncClient) -> None:
+        await super()._close_client(client)
+        pool = getattr(client, "connection_pool", None)
+        if isinstance(pool, redis.asyncio.sentinel.SentinelConnectionPool):
+            # The per-loop Sentinel is ours too: its connections to the sentinels.
+            for sentinel in pool.sentinel_manager.sentinels:
+                await sentinel.aclose()
 
     async def load(self, key: str, *, touch: bool) -> Record | None:
         reply = await _load(self.client, key, _TTL, int(touch), int(self.reads_flask_session))
@@ -371,3 +438,165 @@ def _fast_cloner_for_url(url: str) -> Callable[[], AsyncClient] | None:
         return None  # redis-py's from_url reports it, at first use as before
     connection_class = kwargs.pop("connection_class", redis.asyncio.connection.Connection)
     return _fast_cloner(connection_class, kwargs)
+
+
+
+# Redis Sentinel: redis-py's own client, which asks the sentinels for the master and asks again
+# when its connection fails or the old master answers READONLY (a failover).
+
+#: The master's connection settings redis-py accepts (TCP and TLS), less its bookkeeping.
+_CONNECTION_BOOKKEEPING = frozenset({
+    "connection_pool", "himport_registry", "maint_notifications_pool_handler",
+    "maintenance_state", "maintenance_notification_hash", "orig_host_address",
+    "orig_socket_timeout", "orig_socket_connect_timeout",
+    "oss_cluster_maint_notifications_handler", "event_dispatcher", "host", "port",
+})
+_MASTER_SETTINGS = frozenset(
+    name
+    for cls in (redis.asyncio.connection.AbstractConnection, redis.asyncio.connection.Connection,
+                redis.asyncio.connection.SSLConnection)
+    for name, p in inspect.signature(cls.__init__).parameters.items()
+    if name != "self" and p.kind is not p.VAR_KEYWORD
+) - _CONNECTION_BOOKKEEPING | {"ssl"}
+_SENTINEL_SETTINGS = frozenset(
+    name for name in inspect.signature(redis.asyncio.Redis.__init__).parameters
+    if name not in ("self", "host", "port", "connection_pool", "single_connection_client")
+)
+
+
+def _sentinel_addresses(sentinel: Any) -> list[tuple[str, int]]:
+    example = "e.g. sentinel=[('127.0.0.1', 26379), ('127.0.0.1', 26380)]"
+    if isinstance(sentinel, (str, bytes, Mapping)) or not isinstance(sentinel, (list, tuple)):
+        raise ValueError(f"sentinel must be a list of (host, port) pairs, {example}")
+    if not sentinel:
+        raise ValueError(f"sentinel: the list of sentinel addresses is empty, {example}")
+    addresses = []
+    for item in sentinel:
+        if (
+            not isinstance(item, (list, tuple)) or len(item) != 2
+            or not isinstance(item[0], str) or not item[0]
+            or isinstance(item[1], bool) or not isinstance(item[1], int)
+            or not 0 < item[1] < 65536
+        ):
+            raise ValueError(
+                f"sentinel: {item!r} is not a (host, port) pair of a str and a port number, "
+                f"{example}"
+            )
+        addresses.append((item[0], item[1]))
+    return addresses
+
+
+def _sentinel_settings(sentinel_kwargs: Any) -> dict[str, Any] | None:
+    if sentinel_kwargs is None:
+        return None  # redis-py's default: the master's socket_* settings
+    if not isinstance(sentinel_kwargs, Mapping):
+        raise TypeError("sentinel_kwargs must be a dict, e.g. {'password': '…', 'ssl': True}")
+    unknown = sorted(set(sentinel_kwargs) - _SENTINEL_SETTINGS)
+    if unknown:
+        raise ValueError(f"sentinel_kwargs: unknown redis.asyncio.Redis setting {unknown[0]!r}")
+    return dict(sentinel_kwargs)
+
+
+def _master_settings(
+    db: Any, username: Any, password: Any, ssl: Any, connection_kwargs: Any
+) -> dict[str, Any]:
+    if connection_kwargs is not None and not isinstance(connection_kwargs, Mapping):
+        raise TypeError("connection_kwargs must be a dict, e.g. {'ssl_ca_certs': '/path/ca.pem'}")
+    kwargs = dict(connection_kwargs or {})
+    unknown = sorted(set(kwargs) - _MASTER_SETTINGS)
+    if unknown:
+        raise ValueError(f"connection_kwargs: unknown redis connection setting {unknown[0]!r}")
+    for name, value in (("db", db), ("username", username), ("password", password),
+                        ("ssl", ssl)):
+        if value is None:
+            continue
+        if name in kwargs:
+            raise ValueError(f"{name}: given both on its own and in connection_kwargs")
+        kwargs[name] = value
+    db = kwargs.get("db")
+    if db is not None and (isinstance(db, bool) or not isinstance(db, int) or db < 0):
+        raise ValueError("db must be a database number, 0 or more")
+    for name in ("username", "password"):
+        if kwargs.get(name) is not None and not isinstance(kwargs[name], str):
+            raise TypeError(f"{name} must be a str")
+    if not isinstance(kwargs.get("ssl", False), bool):
+        raise TypeError("ssl must be True or False")
+    kwargs["decode_responses"] = False
+    return kwargs
+
+
+def _sentinel_factory(
+    addresses: list[tuple[str, int]],
+    service_name: str,
+    sentinel_kwargs: dict[str, Any] | None,
+    kwargs: dict[str, Any],
+    *,
+    min_other_sentinels: int = 0,
+    force_master_ip: str | None = None,
+    pool_kwargs: Mapping[str, Any] | None = None,
+) -> Callable[[], AsyncClient]:
+    def make() -> redis.asyncio.Redis:
+        # A Sentinel per loop: its connections to the sentinels are bound to the loop too.
+        manager = redis.asyncio.Sentinel(  # type: ignore[no-untyped-call]
+            addresses, min_other_sentinels=min_other_sentinels,
+            sentinel_kwargs=None if sentinel_kwargs is None else dict(sentinel_kwargs),
+            force_master_ip=force_master_ip, **kwargs,
+        )
+        master: redis.asyncio.Redis = manager.master_for(service_name, **(pool_kwargs or {}))
+        return master
+
+    return make
+
+
+def _sentinel_location(
+    addresses: list[tuple[str, int]], service_name: str, db: int, ssl: bool
+) -> str:
+    scheme = "rediss+sentinel" if ssl else "redis+sentinel"
+    return f"{scheme}://{','.join(_address(h, p) for h, p in addresses)}/{service_name}/{db}"
+
+
+def _sentinel_cloner(pool: Any) -> tuple[Callable[[], AsyncClient], str]:
+    """The factory and location for a client a (sync or async) ``Sentinel.master_for`` made."""
+    if not pool.is_master:
+        raise TypeError(
+            "client: a Sentinel.slave_for client only reads; pass Sentinel.master_for(...)"
+        )
+    manager = pool.sentinel_manager
+    addresses = []
+    for sentinel in manager.sentinels:
+        settings = sentinel.connection_pool.connection_kwargs
+        host, port = settings.get("host") or "localhost", settings.get("port") or 26379
+        addresses.append((str(host), int(port)))
+    is_async = isinstance(pool, redis.asyncio.sentinel.SentinelConnectionPool)
+    # A sync client's retry policy and notification handlers are sync objects.
+    dropped = _CONNECTION_BOOKKEEPING
+    if not is_async:
+        dropped |= {"retry", "maint_notifications_config"}
+    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in dropped}
+    ssl_classes = (redis.asyncio.sentinel.SentinelManagedSSLConnection,
+                   redis.sentinel.SentinelManagedSSLConnection)
+    ssl = isinstance(pool.connection_class, type) and issubclass(pool.connection_class, ssl_classes)
+    plain = (redis.asyncio.sentinel.SentinelManagedConnection,
+             redis.sentinel.SentinelManagedConnection)
+    pool_kwargs: dict[str, Any] = {
+        "max_connections": pool.max_connections, "check_connection": pool.check_connection,
+    }
+    if ssl:
+        pool_kwargs["ssl"] = True
+    elif pool.connection_class not in plain:
+        if not is_async:
+            raise TypeError(
+                "client: a sync Sentinel client with a custom connection class cannot be "
+                "adapted; pass one made by redis.asyncio.Sentinel(...).master_for(...)"
+            )
+        pool_kwargs["connection_class"] = pool.connection_class
+    kwargs["decode_responses"] = False
+    sentinel_kwargs = dict(manager.sentinel_kwargs)
+    if not is_async:
+        sentinel_kwargs = {k: v for k, v in sentinel_kwargs.items() if k != "retry"}
+    make = _sentinel_factory(
+        addresses, pool.service_name, sentinel_kwargs, kwargs,
+        min_other_sentinels=manager.min_other_sentinels,
+        force_master_ip=getattr(manager, "_force_master_ip", None), pool_kwargs=pool_kwargs,
+    )
+    return make, _sentinel_location(addresses, pool.service_name, int(kwargs.get("db") or 0), ssl)
