@@ -19,7 +19,7 @@ LIFETIME = 1  # seconds: the short-lived sessions' lifetime
 
 
 def _entry(request: pytest.FixtureRequest, kind: str, tmp_path: Any) -> dict[str, Any]:
-    entry = _entry(request, kind, tmp_path)
+    entry = store_config(request, kind, tmp_path)
     if kind == "mongodb":
         # A collection of its own without the TTL index, whose monitor (every minute) could
         # delete the expired records between two commands of a test.
