@@ -398,7 +398,8 @@ def _profile_section(results: dict[str, Any]) -> list[str]:
     if not profiles:
         return ["", "Not run (`python -m benchmarks --profile`)."]
     lines = ["", "pyinstrument (wall time), Flask test client, stores direct (no proxy), a "
-             "200-field session. Each sample's time goes to the innermost asyncsessions "
+             "200-field session (last: the standard session over three redis stores, for "
+             "target 4). Each sample's time goes to the innermost asyncsessions "
              "function on its stack, with `→ library` when it was spent in a library that "
              "function called (`serialization.py:split_fields → json`); the event loop's "
              "`select` is waiting for the store. *Under asyncsessions*: time inside "
@@ -410,7 +411,8 @@ def _profile_section(results: dict[str, Any]) -> list[str]:
         top = "; ".join(f"`{t['where']}` {t['us']:.0f} µs ({t['share'] * 100:.0f} %)"
                         for t in prof["top"][:8])
         lines.append(
-            f"- **{prof['name']}, {KINDS[prof['kind']]}** ({prof['requests']} requests): "
+            f"- **{prof['name']}, {KINDS.get(prof['kind'], 'read-only (every field read)')}** "
+            f"({prof['requests']} requests): "
             f"{prof['per_request_us']:.0f} µs per request; under asyncsessions "
             f"{prof['asyncsessions_share'] * 100:.0f} %, own code "
             f"{prof.get('own_share', 0) * 100:.0f} %, waiting "
