@@ -38,6 +38,8 @@ BENCH_PACKAGES = [
     "nx-27017>=0.8",  # the MongoDB wire server, as in the test group
     "matplotlib",  # results.png
     "pyinstrument",  # --profile
+    "orjson",  # the serializer experiment's candidates
+    "msgspec",
 ]
 
 #: pip constraints pinning every dependency to the floor pyproject.toml declares, and the

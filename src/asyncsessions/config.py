@@ -236,7 +236,7 @@ def _parse_entry(index: int, entry: Any, app: Mapping[str, Any]) -> StoreConfig:
     max_age_setting = get("cookie_max_age", (int, timedelta, type(None)), None)
     partitioned = get("cookie_partitioned", bool, app.get("SESSION_COOKIE_PARTITIONED", False))
     if partitioned and "partitioned" not in inspect.signature(Response.set_cookie).parameters:
-        raise _entry_error(index, "cookie_partitioned", "needs Werkzeug >= 3.0")
+        raise _entry_error(index, "cookie_partitioned", "needs Werkzeug >= 3.1")
     lifetime = _seconds(
         index, "session_lifetime",
         get("session_lifetime", (int, float, timedelta), timedelta(days=1)),

@@ -370,8 +370,13 @@ class Engine:
     async def _run_one(self, op: Op) -> None:
         started = time.perf_counter()
         try:
-            async with _deadline(op.store.timeout):
-                await self._call(op)
+            if sys.version_info < (3, 11) and asyncio._get_running_loop() is not None:
+                # wait_for turns the inner cancel into TimeoutError; an anyio scope on 3.10
+                # lets a driver's own CancelledError (gRPC's) escape the request.
+                await asyncio.wait_for(self._call(op), op.store.timeout)
+            else:
+                async with _deadline(op.store.timeout):
+                    await self._call(op)
         except Exception as exc:
             op.error = exc
         op.seconds = time.perf_counter() - started

@@ -49,7 +49,7 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from google.api_core.exceptions import FailedPrecondition, NotFound
 from google.cloud import firestore
@@ -62,7 +62,10 @@ from .base import ID_LENGTH, ClientBackend, Record, Write
 
 __all__ = ["FirestoreBackend"]
 
-Snapshot = DocumentSnapshot[AsyncDocumentReference]
+if TYPE_CHECKING:
+    Snapshot = DocumentSnapshot[AsyncDocumentReference]
+else:  # generic only since google-cloud-firestore 2.34.1
+    Snapshot = DocumentSnapshot
 
 # Names Firestore refuses as document ids or map keys (once "/" is escaped).
 _RESERVED = re.compile(r"__.*__|\.\.?|", re.DOTALL)
