@@ -41,6 +41,18 @@ class Endpoints:
     mongodb: int | None = None
     memcached: int | None = None
     firestore: int | None = None
+    postgresql: int | None = None
+    moto: int | None = None  # DynamoDB (moto_server)
+
+
+#: Dummy credentials and the region for moto's DynamoDB (it checks no signature).
+DYNAMODB_AUTH = {"region_name": "us-east-1", "aws_access_key_id": "testing",
+                 "aws_secret_access_key": "testing"}
+
+
+def postgres_url(ep: Endpoints) -> str:
+    """The PostgreSQL URL (the test server's trust-authenticated ``postgres`` user)."""
+    return f"postgresql://postgres@{HOST}:{ep.postgresql}/postgres"
 
 
 def initial_data() -> dict[str, Any]:
@@ -107,6 +119,11 @@ def ours_config(kind: str, ep: Endpoints) -> list[dict[str, Any]]:
         "mongodb": lambda: {"session_type": "mongodb", "url": mongo_url(ep)},
         "memcache": lambda: {"session_type": "memcache", "host": HOST, "port": ep.memcached},
         "firestore": lambda: {"session_type": "firestore", "project": "demo-bench"},
+        # Not Flask-Session's table names ("sessions", "Sessions"), which the peers use.
+        "sqlalchemy": lambda: {"session_type": "sqlalchemy", "url": postgres_url(ep),
+                               "table": "asyncsessions"},
+        "dynamodb": lambda: {"session_type": "dynamodb", "table": "asyncsessions",
+                             "endpoint_url": f"http://{HOST}:{ep.moto}", **DYNAMODB_AUTH},
     }
     if not kind.startswith("multi:"):
         return [{"cookie_name": "session", "key_prefix": prefix, **entries[kind]()}]
@@ -217,6 +234,18 @@ def build_flask(lib: str, kind: str, ep: Endpoints) -> Any:
 
         client = pymemcache.client.base.Client((HOST, ep.memcached), no_delay=True)
         app.config.update(SESSION_TYPE="memcached", SESSION_MEMCACHED=client)
+    elif kind == "sqlalchemy":
+        from flask_sqlalchemy import SQLAlchemy
+
+        app.config["SQLALCHEMY_DATABASE_URI"] = postgres_url(ep).replace(
+            "postgresql://", "postgresql+psycopg2://", 1)
+        app.config.update(SESSION_TYPE="sqlalchemy", SESSION_SQLALCHEMY=SQLAlchemy(app))
+    elif kind == "dynamodb":
+        import boto3
+
+        resource = boto3.Session(**DYNAMODB_AUTH).resource(
+            "dynamodb", endpoint_url=f"http://{HOST}:{ep.moto}")
+        app.config.update(SESSION_TYPE="dynamodb", SESSION_DYNAMODB=resource)
     else:
         raise ValueError(f"Flask-Session has no {kind!r} config")
     flask_session.Session(app)

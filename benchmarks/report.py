@@ -337,6 +337,47 @@ def _three_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def sql_cloud_section(results: dict[str, Any]) -> list[str]:
+    """The PostgreSQL/DynamoDB section's lines (``## …`` heading included)."""
+    from .sql_cloud import LATENCIES, PAIRS, SCENARIO_KEYS
+
+    lines = ["## PostgreSQL and DynamoDB: asyncsessions vs Flask-Session 0.8"]
+    data = results.get("sql_cloud")
+    if not data or not data.get("labels"):
+        return [*lines, "", "Not measured."]
+    labels = data["labels"]
+    names = {s.key: s.label for s in SCENARIOS}
+    lats = [lat for lat in LATENCIES if str(lat) in data]
+    lines += ["", "Flask test client, one store each, through the latency proxy; the two "
+              f"libraries' apps alternate in {data.get('rounds', 5)} rounds. PostgreSQL: "
+              "asyncsessions' `sqlalchemy` store (asyncpg, table `asyncsessions`) vs "
+              "Flask-Session's `SESSION_TYPE=\"sqlalchemy\"` (Flask-SQLAlchemy + psycopg2, "
+              "table `sessions`), same server; DynamoDB on moto_server: asyncsessions' "
+              "`dynamodb` store (aiobotocore) vs Flask-Session's `SESSION_TYPE=\"dynamodb\"` "
+              "(a boto3 resource). Ratio: asyncsessions' median ÷ Flask-Session's (below "
+              f"1{X} asyncsessions is faster).", "",
+              "| store | request | RTT | asyncsessions ms (p95) · RT | "
+              "Flask-Session ms (p95) · RT | ratio |", "|---|---|---|---|---|---|"]
+
+    def shown(cell: dict[str, Any] | None) -> str:
+        if cell is None:
+            return NA
+        return f"{_ms(cell['median'])} ({_ms(cell['p95'])}) · {cell['exchanges']:.2f}"
+
+    for ours, peer, _store in PAIRS:
+        if ours not in labels and peer not in labels:
+            continue
+        store_label = (labels.get(ours) or labels[peer]).split(" · ", 1)[1]
+        for scenario in SCENARIO_KEYS:
+            for lat in lats:
+                a = data[str(lat)].get(ours, {}).get(scenario)
+                b = data[str(lat)].get(peer, {}).get(scenario)
+                ratio = _div(None if a is None else a["median"], None if b is None else b["median"])
+                lines.append(f"| {store_label} | {names[scenario]} | +{lat} ms | {shown(a)} | "
+                             f"{shown(b)} | {_ratio(ratio)} |")
+    return lines
+
+
 def _memory_section(results: dict[str, Any]) -> list[str]:
     memory = results.get("memory")
     if not memory:
@@ -592,6 +633,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     lines += ["", "## Ratios: asyncsessions vs each peer and vs sequential"]
     lines += _ratio_tables(results)
     lines += ["", "## Three server stores, read-only", *_three_table(results)]
+    lines += ["", *sql_cloud_section(results)]
     lines += ["", "## Throughput at zero added latency (requests/s)", *_throughput_table(results)]
     lines += ["", "## Memory: a gunicorn worker over many requests", *_memory_section(results)]
     lines += ["", "## Serializer experiment: stdlib json vs orjson / msgspec, same format",

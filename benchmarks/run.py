@@ -23,8 +23,8 @@ from .proxy import LatencyProxy, measure_rtt
 from .servers import HOST, Server, make_server
 
 #: The stages of a run, in order (``--only`` picks some).
-STAGES = ("bridge", "latency", "scaling", "three-stores", "throughput", "memory", "serializer",
-          "profile")
+STAGES = ("bridge", "latency", "scaling", "three-stores", "sql_cloud", "throughput", "memory",
+          "serializer", "profile")
 
 #: asyncsessions store → (its backend module, the server it needs).
 STORES = {
@@ -84,6 +84,7 @@ class Run:
     bridge: dict[str, Any] | None = None
     scaling: dict[str, Any] = field(default_factory=dict)
     three_stores: dict[str, Any] = field(default_factory=dict)
+    sql_cloud: dict[str, Any] = field(default_factory=dict)
     memory: dict[str, Any] | None = None
     serializer: dict[str, Any] | None = None
     profile: list[dict[str, Any]] = field(default_factory=list)
@@ -413,6 +414,12 @@ def main(*, quick: bool, latencies: list[int | float], out: Path, wsgi: str, cli
         if "three-stores" in stages:
             with _stage(run, "three server stores (read-only, +0 and +5 ms)"):
                 _three_stores(run, settings, proxy, apps)
+        if "sql_cloud" in stages:
+            from .sql_cloud import measure_sql_cloud
+
+            with _stage(run, "PostgreSQL and DynamoDB vs Flask-Session (+0 and +5 ms)"):
+                run.sql_cloud = measure_sql_cloud(settings.budget, workdir, ports["redis"],
+                                                  log=run.log, note=run.note)
         if "throughput" in stages:
             with _stage(run, "throughput"):
                 _throughput(run, settings, ports["redis"], workdir, wsgi=wsgi, clients=clients)
@@ -436,8 +443,8 @@ def main(*, quick: bool, latencies: list[int | float], out: Path, wsgi: str, cli
         "mode": run.mode, "latencies": run.latencies, "notes": run.notes, "machine": info,
         "configs": [asdict(c) for c in run.configs], "cells": run.cells,
         "rtt_measured": run.rtt_measured, "throughput": run.throughput, "bridge": run.bridge,
-        "scaling": run.scaling, "three_stores": run.three_stores, "memory": run.memory,
-        "serializer": run.serializer, "profile": run.profile,
+        "scaling": run.scaling, "three_stores": run.three_stores, "sql_cloud": run.sql_cloud,
+        "memory": run.memory, "serializer": run.serializer, "profile": run.profile,
         "elapsed": time.monotonic() - run.started,
     }
     results["targets"] = report.evaluate_targets(results)
