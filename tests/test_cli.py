@@ -24,6 +24,9 @@ def _entry(request: pytest.FixtureRequest, kind: str, tmp_path: Any) -> dict[str
         # A collection of its own without the TTL index, whose monitor (every minute) could
         # delete the expired records between two commands of a test.
         entry.update(collection=f"c{uuid.uuid4().hex[:8]}", create_index=False)
+    if kind.startswith("sqlalchemy_"):
+        # purge and count cover the whole table: not the one other tests share.
+        entry["table"] = f"cli_{uuid.uuid4().hex[:8]}"
     return entry
 
 
