@@ -40,6 +40,13 @@ BENCH_PACKAGES = [
     "pyinstrument",  # --profile
     "orjson",  # the serializer experiment's candidates
     "msgspec",
+    # Flask-Session's sqlalchemy and dynamodb stores (the sql_cloud stage); boto3 pinned to
+    # the botocore aiobotocore 3.10 accepts.
+    "flask-sqlalchemy",
+    "psycopg2-binary",
+    "moto[server]",
+    "boto3>=1.43.115,<1.43.118",
+    "mypy-boto3-dynamodb",
 ]
 
 #: pip constraints pinning every dependency to the floor pyproject.toml declares, and the
