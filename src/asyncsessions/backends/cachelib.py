@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import copy
-import io
 import os
 import pickle
+import re
 import threading
 import time
-from contextlib import suppress
 from typing import IO, Any, NamedTuple
 
 from cachelib import BaseCache, FileSystemCache, MemcachedCache, NullCache
@@ -27,8 +26,11 @@ _WRITTEN = "\0t"  # Unix time of the last write, for the expiry and the sliding 
 _REFRESH_FRACTION = 10
 _REFRESH_AT_MOST = 60.0
 _LOCK_STRIPES = 64
-# FileSystemCache keeps its file count as a pickled int; ints pickle to a few bytes.
-_COUNT_PICKLE_MAX = 32
+# FileSystemCache keeps its file count as an int pickled by pickle.dumps (protocol 2+: the
+# opcode K, M, J or LONG1, framed when long enough). It is read by matching exactly those
+# bytes: nothing this store reads is ever unpickled.
+_COUNT = re.compile(
+    rb"\x80[\x02-\x05](?:\x95.{8})?(?:K(.)|M(..)|J(.{4})|\x8a(.)(.*))\.", re.DOTALL)
 
 
 class CacheLibBackend(Backend):
@@ -255,20 +257,17 @@ class _Verbatim:
 
     def load(self, f: IO[bytes], *args: Any, **kwargs: Any) -> Any:
         data = f.read()
-        if data[:1] == b"\x80" and len(data) <= _COUNT_PICKLE_MAX:
-            # Perhaps FileSystemCache's file count, which it reads to apply its threshold: a
-            # pickle read with every global refused builds nothing but plain data, so no
-            # code can run, and only an int is taken from it.
-            with suppress(Exception):
-                count = _NoGlobals(io.BytesIO(data)).load()
-                if type(count) is int:
-                    return count
-        return data
-
-
-class _NoGlobals(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"global {module}.{name} refused")
+        count = _COUNT.fullmatch(data)
+        if count is None:
+            return data
+        # FileSystemCache's file count, which applies its threshold.
+        small, medium, signed, size, long = count.groups()
+        if size is not None:
+            if len(long) != size[0]:
+                return data
+            return int.from_bytes(long, "little", signed=True)
+        raw = small or medium or signed
+        return int.from_bytes(raw, "little", signed=raw is signed)
 
 
 def _location(client: BaseCache) -> str:
