@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
 import json
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from apps import starlette_app, uvicorn_serving
 from asyncsessions import Backend, NullSession, Record, SessionBackendError, Write
 from asyncsessions.adapters.asgi import SessionMiddleware
 from asyncsessions.backends.base import LoopClients
+from test_lost_updates import call
 
 
 class MemoryStore(Backend):
@@ -345,23 +345,6 @@ def test_lifespan_shutdown_closes_clients_after_the_app() -> None:
 
 
 # -- a real server --------------------------------------------------------------------------
-
-
-def call(port: int, method: str, path: str, body: Any = None,
-         cookies: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    headers = {"Content-Type": "application/json"}
-    if cookies:
-        headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
-    conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
-    reply = conn.getresponse()
-    data = reply.read()
-    set_cookies = {}
-    for header in reply.headers.get_all("Set-Cookie") or []:
-        name, _, rest = header.partition("=")
-        set_cookies[name] = rest.split(";", 1)[0]
-    conn.close()
-    return reply.status, json.loads(data) if data else None, set_cookies
 
 
 @pytest.mark.parametrize("kind", ["filesystem", "redis", "memcache"])
