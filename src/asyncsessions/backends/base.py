@@ -50,6 +50,10 @@ Optional, for the ``flask sessions`` command (:mod:`asyncsessions.cli`); the def
     How many live records have keys starting with ``prefix``; ``None`` (the default): the
     store cannot count cheaply.
 
+``expires_at(key) -> float | None``
+    When the record under ``key`` expires (Unix time), without touching it; ``None`` (the
+    default): no such record, or the store cannot tell.
+
 ``purge(prefix, *, batch, dry_run)`` (an async iterator of ``int``)
     Remove expired records, at most ``batch`` per step, yielding how many each step removed
     (``dry_run``: would remove, nothing changes, possibly counted in one step). Only records
@@ -189,6 +193,10 @@ class Backend(Store, ABC):
 
     async def count(self, prefix: str) -> int | None:
         """Live records under ``prefix``; ``None``: this store cannot count them cheaply."""
+        return None
+
+    async def expires_at(self, key: str) -> float | None:
+        """When the record under ``key`` expires (Unix time); ``None``: absent or unknown."""
         return None
 
     async def purge(self, prefix: str, *, batch: int, dry_run: bool) -> AsyncIterator[int]:
