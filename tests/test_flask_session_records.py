@@ -1,23 +1,27 @@
 """Live Flask-Session sessions survive the switch: Flask-Session 0.8 itself writes them, the
 same config then runs on asyncsessions, and the user is still logged in.
 
-Per store (redis, memcached, mongodb, sqlalchemy on PostgreSQL) and per format (msgpack;
-JSON with signed ids): the same cookie reads the same values, a read-only request leaves
-their record as it is, the first write rewrites it in this library's format (and the
+Per store (redis, memcached, mongodb, sqlalchemy on PostgreSQL, dynamodb on moto) and per
+format (msgpack; JSON with signed ids): the same cookie reads the same values, a read-only
+request leaves their record as it is, the first write rewrites it in this library's format (and the
 session reads the same after), a logout deletes it, and a pickle under the key (Flask-Session
 < 0.7, Flask-Session2) reads as no session with one log line and is never unpickled.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import logging
 import pickle
 import sys
+import types
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 import flask
@@ -195,8 +199,50 @@ def _sqlalchemy(request: pytest.FixtureRequest, prefix: str) -> Store:
     )
 
 
+def _dynamodb(request: pytest.FixtureRequest, prefix: str) -> Store:
+    import boto3
+
+    if importlib.util.find_spec("mypy_boto3_dynamodb") is None:
+        # Flask-Session 0.8 imports boto3's type stubs at runtime, for one annotation.
+        stubs = types.ModuleType("mypy_boto3_dynamodb.service_resource")
+        stubs.DynamoDBServiceResource = object  # type: ignore[attr-defined]
+        patch = request.getfixturevalue("monkeypatch")
+        patch.setitem(sys.modules, "mypy_boto3_dynamodb", types.ModuleType("mypy_boto3_dynamodb"))
+        patch.setitem(sys.modules, "mypy_boto3_dynamodb.service_resource", stubs)
+    server = request.getfixturevalue("dynamodb_server")
+    # What Flask-Session 0.8's users pass as SESSION_DYNAMODB: a boto3 resource.
+    resource = boto3.resource("dynamodb", **server.credentials)
+    table = f"fs{uuid.uuid4().hex[:8]}"
+    client = boto3.client("dynamodb", **server.credentials)  # (the resource's own serializes)
+
+    def get(key: str) -> dict[str, Any]:
+        found: dict[str, Any] = client.get_item(
+            TableName=table, Key={"id": {"S": key}}, ConsistentRead=True).get("Item", {})
+        return found
+
+    def plant(key: str, value: bytes, expires: timedelta = HOUR) -> None:
+        # Their item, as their _upsert_session writes it (their table, as they create it).
+        with contextlib.suppress(client.exceptions.ResourceInUseException):
+            client.create_table(
+                TableName=table, BillingMode="PAY_PER_REQUEST",
+                AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+                KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}])
+        expiration = Decimal((datetime.utcnow() + expires).timestamp())
+        client.put_item(TableName=table, Item={"id": {"S": key}, "val": {"B": value},
+                                               "expiration": {"N": str(expiration)}})
+
+    return Store(
+        "dynamodb",
+        {"SESSION_TYPE": "dynamodb", "SESSION_DYNAMODB": resource, "SESSION_DYNAMODB_TABLE": table},
+        theirs=lambda key: get(key).get("val", {}).get("B"),
+        ours=lambda key: "f" in get(key), plant=plant,
+        cleanup=[lambda: client.delete_table(TableName=table), client.close,
+                 resource.meta.client.close],
+    )
+
+
 STORES = {"redis": _redis, "memcached": _memcached, "mongodb": _mongodb,
-          "sqlalchemy": _sqlalchemy}
+          "sqlalchemy": _sqlalchemy, "dynamodb": _dynamodb}
 
 
 @pytest.fixture(params=list(STORES))

@@ -10,8 +10,9 @@ import os
 import re
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
@@ -23,7 +24,9 @@ from botocore.client import BaseClient
 from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.utils import validate_region_name
 
+from . import flask_session
 from .base import ClientBackend, Record, Write
 
 if TYPE_CHECKING:
@@ -51,11 +54,16 @@ _ESCAPED = re.compile("%(25|00)")
 
 # Placeholders every update's condition uses: the item is live and of this store's shape.
 _NAMES = {"#f": "f", "#p": "permanent", "#t": "ttl", "#x": "ends", "#e": "expires"}
-_LIVE = ("attribute_type(#f, :M) AND attribute_type(#p, :BOOL) AND attribute_type(#t, :N)"
-         " AND attribute_type(#e, :N) AND attribute_type(#x, :N) AND #x > :now")
+_OURS = ("attribute_type(#f, :M) AND attribute_type(#p, :BOOL) AND attribute_type(#t, :N)"
+         " AND attribute_type(#e, :N) AND attribute_type(#x, :N)")
+_LIVE = f"{_OURS} AND #x > :now"
 _TYPES: dict[str, AttributeValueTypeDef] = {
     ":M": {"S": "M"}, ":BOOL": {"S": "BOOL"}, ":N": {"S": "N"},
 }
+# Flask-Session 0.8's items: {"id": key, "val": B (msgpack or JSON), "expiration": N}.
+_THEIR_NAMES = {"#f": "f", "#v": "val", "#xp": "expiration"}
+_THEIRS = "attribute_not_exists(#f) AND attribute_type(#v, :B) AND attribute_type(#xp, :N)"
+_THEIR_TYPES: dict[str, AttributeValueTypeDef] = {":B": {"S": "B"}, ":N": {"S": "N"}}
 
 
 def _escape(name: str) -> str:
@@ -145,6 +153,24 @@ def _parse(item: Item) -> _Found:
     return _Found(Record(fields, permanent), int(ttl[0]), *ends)
 
 
+def _their_item(item: Item) -> tuple[bytes, Decimal] | None:
+    """Flask-Session 0.8's value and expiration in ``item``; ``None``: not its shape."""
+    if "f" in item or "val" not in item:
+        return None
+    data = item["val"].get("B")
+    expiration = _decimal(item.get("expiration"))
+    if not isinstance(data, bytes) or expiration is None:
+        raise _NotOurs("a Flask-Session item without a binary val and a number expiration")
+    return data, expiration[0]
+
+
+def _their_now() -> float:
+    """Now as Flask-Session 0.8 dates ``expiration``: ``datetime.utcnow().timestamp()``."""
+    # That reads UTC as local time, off by the machine's UTC offset; compared on a machine in
+    # the writer's time zone, their sessions end when they would have there.
+    return datetime.now(timezone.utc).replace(tzinfo=None).timestamp()
+
+
 def _stored_name(name: str) -> str:
     escaped = _escape(name)
     size = len(escaped.encode("utf-8"))
@@ -212,7 +238,7 @@ class _Connection:
             await client.close()
 
 
-class DynamoDBBackend(ClientBackend[_Connection]):
+class DynamoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[_Connection]):
     """Sessions in an Amazon DynamoDB table, through aiobotocore.
 
     ``client`` may be an aiobotocore or boto3 DynamoDB client, or an aiobotocore, botocore or
@@ -311,6 +337,7 @@ class DynamoDBBackend(ClientBackend[_Connection]):
         else:
             settings = _from_options(region_name, endpoint_url, aws_access_key_id,
                                      aws_secret_access_key, aws_session_token)
+        _check_region(settings.region_name)
         self.table = table
         self._settings = settings
         self._create_table = create_table
@@ -379,14 +406,23 @@ class DynamoDBBackend(ClientBackend[_Connection]):
     def _key(self, key: str) -> dict[str, AttributeValueTypeDef]:
         return {_KEY: {"S": key}}
 
-    async def load(self, key: str, *, touch: bool) -> Record | None:
+    async def _get(self, key: str) -> Item | None:
         reply = await self._run(lambda client: client.get_item(
             TableName=self.table, Key=self._key(key), ConsistentRead=True,
         ))
-        item = reply.get("Item")
+        return reply.get("Item")
+
+    async def load(self, key: str, *, touch: bool) -> Record | None:
+        item = await self._get(key)
         if item is None:
             return None
         try:
+            theirs = _their_item(item) if self.reads_flask_session else None
+            if theirs is not None:
+                data, expiration = theirs
+                # Left as it is (their lifetime is not stored): the next write replaces it.
+                return flask_session.read(self, key, data) if expiration > Decimal(
+                    _their_now()) else None
             found = _parse(item)
         except _NotOurs as exc:
             self.unreadable(key, str(exc))
@@ -507,6 +543,94 @@ class DynamoDBBackend(ClientBackend[_Connection]):
             TableName=self.table, Key=self._key(key)
         ))
 
+    # -- the CLI's (see base.py) ---------------------------------------------------------------
+
+    purges_expired = True  # TTL deletes days late, and Flask-Session's tables have none
+
+    async def count(self, prefix: str) -> int | None:
+        found = 0
+        async for page in self._scan(prefix, ">", Select="COUNT"):
+            found += page.get("Count", 0)
+        return found
+
+    async def expires_at(self, key: str) -> float | None:
+        item = await self._get(key)
+        if item is None:
+            return None
+        try:
+            theirs = _their_item(item) if self.reads_flask_session else None
+            if theirs is not None:
+                ends = float(theirs[1]) + time.time() - _their_now()  # on the Unix clock
+            else:
+                ends = float(_parse(item).ends)
+        except _NotOurs:
+            return None
+        return ends if ends > time.time() else None
+
+    async def purge(self, prefix: str, *, batch: int, dry_run: bool) -> AsyncIterator[int]:
+        if dry_run:
+            found = 0
+            async for page in self._scan(prefix, "<=", Select="COUNT"):
+                found += page.get("Count", 0)
+            if found:
+                yield found
+            return
+        keys: list[str] = []
+        async for page in self._scan(prefix, "<=", ProjectionExpression="#k"):
+            keys += [item[_KEY]["S"] for item in page.get("Items", [])]
+            while len(keys) >= batch or (keys and "LastEvaluatedKey" not in page):
+                chunk, keys = keys[:batch], keys[batch:]
+                gone = sum(await asyncio.gather(*map(self._delete_dead, chunk)))
+                if gone:
+                    yield gone
+
+    def _ended(self, op: Literal[">", "<="]) -> tuple[str, dict[str, str],
+                                                      dict[str, AttributeValueTypeDef]]:
+        """The condition on items of this store (and Flask-Session's, if read) whose end is
+        ``op`` now: live (``">"``) or dead (``"<="``), with its names and values."""
+        names = dict(_NAMES)
+        values: dict[str, AttributeValueTypeDef] = {**_TYPES, ":now": _time(time.time())}
+        kinds = [f"({_OURS} AND #x {op} :now)"]
+        if self.reads_flask_session:
+            names.update(_THEIR_NAMES)
+            values.update({**_THEIR_TYPES, ":then": _time(_their_now())})
+            kinds.append(f"({_THEIRS} AND #xp {op} :then)")
+        return " OR ".join(kinds), names, values
+
+    async def _scan(self, prefix: str, op: Literal[">", "<="],
+                    **options: Any) -> AsyncIterator[Mapping[str, Any]]:
+        """The pages of a scan for items under ``prefix`` that :meth:`_ended` with ``op``."""
+        condition, names, values = self._ended(op)
+        if prefix:  # DynamoDB refuses unused placeholders: #k and :prefix only if used
+            condition = f"begins_with(#k, :prefix) AND ({condition})"
+            values[":prefix"] = {"S": prefix}
+        if prefix or "ProjectionExpression" in options:
+            names["#k"] = _KEY
+        request: dict[str, Any] = {
+            "TableName": self.table, "FilterExpression": condition,
+            "ExpressionAttributeNames": names, "ExpressionAttributeValues": values, **options,
+        }
+        while True:
+            page: Mapping[str, Any] = await self._run(lambda client: client.scan(**request))
+            yield page
+            if "LastEvaluatedKey" not in page:
+                return
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    async def _delete_dead(self, key: str) -> int:
+        """Delete the item under ``key`` if it is still dead now: 1 if it went, else 0."""
+        condition, names, values = self._ended("<=")
+        try:
+            await self._run(lambda client: client.delete_item(
+                TableName=self.table, Key=self._key(key), ConditionExpression=condition,
+                ExpressionAttributeNames=names, ExpressionAttributeValues=values,
+            ))
+        except ClientError as exc:
+            if _code(exc) == "ConditionalCheckFailedException":
+                return 0  # written (so revived) since the scan
+            raise
+        return 1
+
 
 def _ending(now: float, ttl: int) -> dict[str, AttributeValueTypeDef]:
     return {"ends": _time(now + ttl), "expires": _number(math.ceil(now + ttl))}
@@ -552,14 +676,33 @@ def _environment(profile: str | None) -> tuple[str | None, Config | None]:
     return (region if isinstance(region, str) and region else None), config
 
 
+def _check_region(region: str) -> None:
+    try:
+        validate_region_name(region)
+    except BotoCoreError:
+        raise ValueError(f"region_name {region!r} is no AWS region name (like 'eu-west-1'); "
+                         "check the option, AWS_DEFAULT_REGION or the profile's region"
+                         ) from None
+
+
+def _check_endpoint(url: str) -> None:
+    """Refuse at init what botocore would refuse at the first request."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is no number
+    except ValueError as exc:
+        raise ValueError(f"endpoint_url {url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or " " in url:
+        raise ValueError("endpoint_url must be an http:// or https:// URL with a host, "
+                         f"like http://127.0.0.1:8000 (not {url!r})")
+
+
 def _from_options(
     region_name: str | None, endpoint_url: str | None, access_key: str | None,
     secret_key: str | None, token: str | None,
 ) -> _Settings:
-    if endpoint_url is not None and urllib.parse.urlsplit(endpoint_url).scheme not in (
-        "http", "https"
-    ):
-        raise ValueError("endpoint_url must be an http:// or https:// URL")
+    if endpoint_url is not None:
+        _check_endpoint(endpoint_url)
     if (access_key is None) != (secret_key is None):
         raise ValueError("aws_access_key_id and aws_secret_access_key go together")
     if token is not None and access_key is None:
@@ -583,8 +726,12 @@ def _static_keys(credentials: Any) -> dict[str, str | None]:
 
 
 def _from_client(client: Any) -> _Settings:
+    meta: Any = getattr(client, "meta", None)
+    if not isinstance(client, BaseClient) and isinstance(getattr(meta, "client", None),
+                                                         BaseClient):
+        client = meta.client  # a boto3 resource (Flask-Session's SESSION_DYNAMODB)
     if isinstance(client, BaseClient):  # a boto3 or aiobotocore client
-        meta: Any = client.meta
+        meta = client.meta
         if meta.service_model.service_name != "dynamodb":
             raise TypeError(f"client must be a DynamoDB client, not one for "
                             f"{meta.service_model.service_name!r}")
@@ -606,14 +753,18 @@ def _from_client(client: Any) -> _Settings:
         session = wrapped  # boto3.Session, found by duck typing: boto3 stays optional
     if isinstance(session, botocore.session.Session):
         profile = session.profile if session.profile != "default" else None
-        region = session.get_config_variable("region")
+        try:
+            region = session.get_config_variable("region")
+        except BotoCoreError as exc:  # its profile is not in the AWS configuration
+            raise ValueError(f"client: cannot read the session's configuration: {exc}"
+                             ) from exc
         if not isinstance(region, str) or not region:
             raise ValueError("client: the session has no region; give it one")
         keys = _static_keys(getattr(session, "_credentials", None))
         return _Settings(region, profile=profile, config=session.get_default_client_config(),
                          **keys)
     raise TypeError(
-        "client must be a DynamoDB client or session of aiobotocore or boto3, e.g. "
+        "client must be a DynamoDB client, resource or session of aiobotocore or boto3, e.g. "
         "boto3.client('dynamodb', region_name='eu-west-1'), "
         f"not {type(client).__qualname__}"
     )
