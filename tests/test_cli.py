@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Any
@@ -14,8 +15,10 @@ from app_fixtures import store_config
 from asyncsessions import Session
 
 PURGED = ["filesystem", "sqlalchemy_sqlite", "sqlalchemy_postgresql", "peewee_sqlite",
-          "mongodb"]
+          "mongodb", "elasticsearch", "datastore", "firestore"]
 LIFETIME = 1  # seconds: the short-lived sessions' lifetime
+#: What show prints for a session written a moment ago with an hour's lifetime.
+EXPIRY = re.compile(r"expires \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(in (35\d\d|3600) s\)")
 
 
 def _entry(request: pytest.FixtureRequest, kind: str, tmp_path: Any) -> dict[str, Any]:
@@ -24,9 +27,13 @@ def _entry(request: pytest.FixtureRequest, kind: str, tmp_path: Any) -> dict[str
         # A collection of its own without the TTL index, whose monitor (every minute) could
         # delete the expired records between two commands of a test.
         entry.update(collection=f"c{uuid.uuid4().hex[:8]}", create_index=False)
+    # purge and count cover the whole table (kind, collection): not the one other tests share.
     if kind.startswith("sqlalchemy_"):
-        # purge and count cover the whole table: not the one other tests share.
         entry["table"] = f"cli_{uuid.uuid4().hex[:8]}"
+    if kind == "datastore":
+        entry["kind"] = f"Cli{uuid.uuid4().hex[:8]}"
+    if kind == "firestore":
+        entry["collection"] = f"cli{uuid.uuid4().hex[:8]}"
     return entry
 
 
@@ -73,6 +80,8 @@ def test_count_show_purge(request: pytest.FixtureRequest, tmp_path: Any, kind: s
     result = runner.invoke(args=["sessions", "show", "--", live])
     assert result.exit_code == 0, result.output
     assert "permanent=False" in result.output
+    if kind != "mongodb":  # its expires_at is not there yet: "expires unknown"
+        assert EXPIRY.search(result.output), result.output
     assert "'value': 'live'" in result.output
     assert "'n': [1, 2]" in result.output
     result = runner.invoke(args=["sessions", "show", "--", dead[0]])
@@ -103,7 +112,9 @@ def test_stores_without_count_or_purge(request: pytest.FixtureRequest, tmp_path:
     runner = app.test_cli_runner()
     assert "cannot count cheaply" in runner.invoke(args=["sessions", "count"]).output
     assert "not purged" in runner.invoke(args=["sessions", "purge"]).output
-    assert "'value': 'x'" in runner.invoke(args=["sessions", "show", "--", sid]).output
+    shown = runner.invoke(args=["sessions", "show", "--", sid]).output
+    assert "'value': 'x'" in shown
+    assert EXPIRY.search(shown), shown
 
 
 def test_cookie_store_is_not_counted() -> None:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
 from functools import partial
 from typing import Any, TypeVar
 
 import click
 
-from .backends.base import Backend, ClientSideBackend, close_loop_clients
+from .backends.base import Backend, ClientSideBackend, Record, close_loop_clients
 from .config import StoreConfig
 from .engine import Engine
 from .serialization import loads
@@ -72,15 +74,15 @@ def sessions_command(app: Any, engine: Engine, *, quart: bool) -> click.Group:
         if failed:
             sys.exit(1)
 
-    @group.command("show", help="The fields and flag of session ID in each server-side store.")
+    @group.command("show", help="The fields, flag and expiry of session ID in each "
+                   "server-side store (read without restarting its lifetime).")
     @click.argument("session_id", metavar="ID")
     def show(session_id: str) -> None:
         failed = False
         for store, backend in server_side():
             label = _label(store)
-            key = store.key_prefix + session_id
             try:
-                record = run(partial(backend.load, key, touch=False))
+                record, expires = run(partial(_read, backend, store.key_prefix + session_id))
             except Exception as exc:
                 failed = True
                 click.echo(f"{label}: error: {type(exc).__name__}: {exc}", err=True)
@@ -88,7 +90,7 @@ def sessions_command(app: Any, engine: Engine, *, quart: bool) -> click.Group:
             if record is None:
                 click.echo(f"{label}: no session")
                 continue
-            click.echo(f"{label}: permanent={record.permanent}"
+            click.echo(f"{label}: permanent={record.permanent}, expires {_expiry(expires)}"
                        + (" (another library's record)" if record.foreign else ""))
             for name in sorted(record.fields):
                 try:
@@ -124,6 +126,25 @@ def sessions_command(app: Any, engine: Engine, *, quart: bool) -> click.Group:
             sys.exit(1)
 
     return group
+
+
+async def _read(backend: Backend, key: str) -> tuple[Record | None, float | None]:
+    """The record under ``key`` and when it expires, neither read touching it."""
+    record = await backend.load(key, touch=False)
+    return record, None if record is None else await backend.expires_at(key)
+
+
+def _expiry(at: float | None) -> str:
+    """``at`` (Unix time) as ISO 8601 UTC and seconds from now, or "unknown"."""
+    if at is None:
+        return "unknown"
+    try:
+        shown = datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):
+        shown = "beyond year 9999"
+    left = round(at - time.time())
+    return (f"{shown.replace('+00:00', 'Z')} "
+            + (f"(in {left} s)" if left >= 0 else f"({-left} s ago)"))
 
 
 async def _purge(backend: Backend, prefix: str, *, batch: int, dry_run: bool,

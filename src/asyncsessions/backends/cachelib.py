@@ -125,6 +125,9 @@ class CacheLibBackend(Backend):
     async def delete(self, key: str) -> None:
         await run_blocking(self._delete, key)
 
+    async def expires_at(self, key: str) -> float | None:
+        return await run_blocking(self._expires_at, key)
+
     # -- in a worker thread -------------------------------------------------------------------
 
     def _lock(self, key: str) -> threading.Lock:
@@ -136,6 +139,13 @@ class CacheLibBackend(Backend):
         if stored is None or stored.written + stored.ttl <= time.time() or not stored.fields:
             return None
         return stored
+
+    def _expires_at(self, key: str) -> float | None:
+        try:
+            stored = _parse(self._cache.get(key))
+        except _Unreadable:
+            return None
+        return None if stored is None else stored.written + stored.ttl
 
     def _load(self, key: str, touch: bool) -> _Stored | None:
         if not touch:

@@ -59,6 +59,11 @@ _PATIENCE = 30.0
 #: A cleanup runs after every this many new sessions and deletes at most _CLEANUP_BATCH.
 _CLEANUP_EVERY = 100
 _CLEANUP_BATCH = 300
+#: Keys a count reads per query; entities one commit may delete at most (Datastore's limit).
+_PAGE = 1000
+_MAX_COMMIT = 500
+_NO_MORE_RESULTS = queries.QueryResultBatch.MoreResultsType.NO_MORE_RESULTS
+_GREATER_THAN = queries.PropertyFilter.Operator.GREATER_THAN
 _TRANSACTIONAL = api.CommitRequest.Mode.TRANSACTIONAL
 _NON_TRANSACTIONAL = api.CommitRequest.Mode.NON_TRANSACTIONAL
 
@@ -601,13 +606,10 @@ class DatastoreBackend(ClientBackend[DatastoreAsyncClient]):
 
         Why here, and so: the emulator and a database without a TTL policy never delete
         them, and a task started by every 100th new session keeps up with the sessions that
-        die without a timer or a thread, costing the request that starts it nothing. The
-        query finds candidates; the transaction deletes only those that are still dead and
-        of this store's shape, so it neither undoes a write that came in between nor
-        touches another program's entities (which it then skips in later runs).
+        die without a timer or a thread, costing the request that starts it nothing.
         """
         try:
-            await self._sweep(self.client)
+            await self._sweep(self.client, _CLEANUP_BATCH, _now(), self._swept)
         except Aborted:
             pass  # contention with another process's cleanup: a later run deletes them
         except Exception:
@@ -615,33 +617,24 @@ class DatastoreBackend(ClientBackend[DatastoreAsyncClient]):
         finally:
             self._cleaning = False
 
-    async def _sweep(self, client: DatastoreAsyncClient) -> None:
-        settings = self._resolved()
-        now = _now()
-        dead = [_before(now)]
-        if self._swept is not None:
-            dead.append(_since(self._swept))
-        query = queries.Query(
-            kind=[queries.KindExpression(name=self._kind)],
-            projection=[queries.Projection(property=queries.PropertyReference(name="__key__"))],
-            filter=queries.Filter(composite_filter=queries.CompositeFilter(
-                op=queries.CompositeFilter.Operator.AND, filters=dead,
-            )),
-            limit=_CLEANUP_BATCH,
-        )
-        response = await client.run_query(request=api.RunQueryRequest(
-            project_id=settings.project, database_id=settings.database,
-            partition_id=model.PartitionId(project_id=settings.project,
-                                           database_id=settings.database,
-                                           namespace_id=settings.namespace),
-            query=query,
-        ))
-        keys = [model.Key.wrap(result.entity.key)
-                for result in queries.QueryResultBatch.pb(response.batch).entity_results]
+    async def _sweep(
+        self, client: DatastoreAsyncClient, limit: int, before: datetime,
+        since: datetime | None, *, cursor: bytes = b"", dry_run: bool = False,
+    ) -> tuple[int, bytes | None]:
+        """Delete up to ``limit`` entities that died before ``before``, from ``cursor`` on.
+
+        How many went (``dry_run``: would go), and the cursor after those looked at
+        (``None``: no more). The query finds candidates; the transaction deletes only those
+        still dead and of this store's shape, so it neither undoes a write that came in
+        between nor touches another program's entities (which later runs then skip: the
+        query starts at ``since``).
+        """
+        dead = [_before(before)] + ([] if since is None else [_since(since)])
+        keys, more = await self._keys(client, dead, limit, cursor)
         if not keys:
-            return
-        transaction = await self._begin(client)
-        ended = False
+            return 0, None
+        transaction = b"" if dry_run else await self._begin(client)
+        ended = dry_run
         try:
             found = await self._lookup(client, keys, transaction)
             now = _now()
@@ -654,7 +647,9 @@ class DatastoreBackend(ClientBackend[DatastoreAsyncClient]):
                     continue
                 if expires <= now:
                     deletes.append(api.Mutation(delete=model.Key.wrap(entity.key)))
-            if deletes:
+            if dry_run:
+                pass
+            elif deletes:
                 await self._commit(client, deletes, transaction)
             else:
                 await self._rollback(client, transaction)
@@ -665,6 +660,71 @@ class DatastoreBackend(ClientBackend[DatastoreAsyncClient]):
         stuck = [at for at in foreign if at is not None]
         if stuck:
             self._swept = max(stuck)
+        return len(deletes), more
+
+    async def _keys(
+        self, client: DatastoreAsyncClient, filters: list[queries.Filter], limit: int,
+        cursor: bytes,
+    ) -> tuple[list[model.Key], bytes | None]:
+        """Up to ``limit`` keys of the kind's entities matching all ``filters``, from
+        ``cursor`` on, and the cursor after them (``None``: no more)."""
+        settings = self._resolved()
+        query = queries.Query(
+            kind=[queries.KindExpression(name=self._kind)],
+            projection=[queries.Projection(property=queries.PropertyReference(name="__key__"))],
+            filter=queries.Filter(composite_filter=queries.CompositeFilter(
+                op=queries.CompositeFilter.Operator.AND, filters=filters,
+            )),
+            limit=limit,
+            start_cursor=cursor,
+        )
+        response = await client.run_query(request=api.RunQueryRequest(
+            project_id=settings.project, database_id=settings.database,
+            partition_id=model.PartitionId(project_id=settings.project,
+                                           database_id=settings.database,
+                                           namespace_id=settings.namespace),
+            query=query,
+        ))
+        batch = queries.QueryResultBatch.pb(response.batch)
+        keys = [model.Key.wrap(result.entity.key) for result in batch.entity_results]
+        done = batch.more_results == _NO_MORE_RESULTS or not keys
+        return keys, None if done else batch.end_cursor
+
+    # -- the CLI's (see base.py) -------------------------------------------------------------------
+
+    purges_expired = True  # the background cleanup's entities, all at once
+
+    async def count(self, prefix: str) -> int | None:
+        # Only expires is indexed (a key range with it would need a composite index): the
+        # live keys are read a page at a time and matched here. Names only ever gain a
+        # suffix when escaped, so a key's name starts with the prefix when the key does.
+        client, live = self.client, [_expires_filter(_GREATER_THAN, _now())]
+        found, cursor = 0, b""
+        while True:
+            keys, more = await self._keys(client, live, _PAGE, cursor)
+            found += sum(key.path[-1].name.startswith(prefix) for key in keys)
+            if more is None:
+                return found
+            cursor = more
+
+    async def expires_at(self, key: str) -> float | None:
+        found = await self._lookup(self.client, [self._key(key)])
+        try:
+            return _parse(found[0]).expires.timestamp() if found else None
+        except _NotOurs:
+            return None
+
+    async def purge(self, prefix: str, *, batch: int, dry_run: bool) -> AsyncIterator[int]:
+        # Every dead entity of the kind, whatever its prefix, as the cleanup deletes (a TTL
+        # policy does too, up to a day late; the emulator never). What dies while it runs
+        # is left for the next run, so that it ends.
+        client, before, since = self.client, _now(), self._swept
+        cursor: bytes | None = b""
+        while cursor is not None:
+            removed, cursor = await self._sweep(client, min(batch, _MAX_COMMIT), before, since,
+                                                cursor=cursor, dry_run=dry_run)
+            if removed:
+                yield removed
 
 
 def _apply(key: model.Key, stored: _Stored, write: Write, now: datetime) -> api.Mutation:

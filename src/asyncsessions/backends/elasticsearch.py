@@ -16,7 +16,7 @@ import random
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple, Protocol, TypeGuard
 
@@ -40,6 +40,8 @@ _SEEN_LIMIT = 1024
 _MAX_LONG = 2**63 - 1
 #: Documents one delete-by-query search batch reads (the servers' default).
 _SCROLL_SIZE = 1000
+#: How long the server keeps a count's scroll between two of its pages.
+_SCROLL_KEEP = "1m"
 #: Seconds a cleanup may take before it is given up (the next one starts afresh).
 _CLEANUP_TIMEOUT = 60.0
 #: The index layout. Root ``dynamic: false``: only ``expires`` is indexed (for the cleanup),
@@ -276,6 +278,60 @@ class ElasticsearchBackend(ClientBackend[_Conn]):
         self._remember(key, None)
         await self._send(self.client.http, "DELETE", key, ok=(404,))
 
+    # -- the CLI's (see base.py) --------------------------------------------------------------
+
+    purges_expired = True  # the background cleanup's documents, all at once
+
+    async def count(self, prefix: str) -> int | None:
+        # _id takes no prefix query: the live ids are scrolled through and matched here.
+        http = self.client.http
+        reply = await http.request(
+            "POST", f"{self._path}/_search", params={"scroll": _SCROLL_KEEP},
+            body={"size": _SCROLL_SIZE, "_source": False, "sort": ["_doc"],
+                  "query": {"range": {"expires": {"gt": _now()}}}},
+            ok=(404,),  # no index yet: no session
+        )
+        found, scroll_id = 0, None
+        try:
+            while reply.status < 300:
+                scroll_id = reply.body.get("_scroll_id")
+                hits = reply.body.get("hits", {}).get("hits") or []
+                found += sum(str(hit.get("_id")).startswith(prefix) for hit in hits)
+                if not hits or scroll_id is None:
+                    break
+                reply = await http.request("POST", "/_search/scroll",
+                                           body={"scroll": _SCROLL_KEEP, "scroll_id": scroll_id})
+        finally:
+            if scroll_id is not None:
+                await http.request("DELETE", "/_search/scroll",
+                                   body={"scroll_id": [scroll_id]}, ok=(404,))
+        return found
+
+    async def expires_at(self, key: str) -> float | None:
+        try:
+            doc = _parse(await self._send(self.client.http, "GET", key, ok=(404,)))
+        except _NotOurs:
+            return None
+        return None if doc is None else doc.expires / 1000
+
+    async def purge(self, prefix: str, *, batch: int, dry_run: bool) -> AsyncIterator[int]:
+        # Every expired document of the index, whatever its prefix, as the cleanup deletes;
+        # what expires while it runs is left for the next run, so that it ends.
+        http, before = self.client.http, _now()
+        if dry_run:
+            reply = await http.request("POST", f"{self._path}/_count",
+                                       body={"query": _expired(before)}, ok=(404,))
+            found = _whole(reply.body, "count")
+            if found:
+                yield found
+            return
+        while True:
+            removed = await self._delete_expired(http, batch, before, refresh=True)
+            if removed:
+                yield removed
+            if removed < batch:
+                return
+
     # -- writes -------------------------------------------------------------------------------
 
     async def _create(self, http: _Http, key: str, write: Write) -> bool:
@@ -363,14 +419,24 @@ class ElasticsearchBackend(ClientBackend[_Conn]):
         conn.cleanup = task
 
     async def _cleanup(self, http: _Http) -> None:
-        batch = 2 * self.cleanup_every
-        await http.request(
-            "POST", f"{self._path}/_delete_by_query",
-            params={"conflicts": "proceed", "max_docs": batch,
-                    "scroll_size": min(batch, _SCROLL_SIZE)},
-            body={"query": {"range": {"expires": {"lt": _now()}}}},
+        await self._delete_expired(http, 2 * self.cleanup_every, _now())
+
+    async def _delete_expired(self, http: _Http, limit: int, before: int, *,
+                              refresh: bool = False) -> int:
+        """Delete up to ``limit`` documents that expired before ``before``; how many went.
+
+        ``conflicts=proceed``: a document written since the search found it is kept.
+        """
+        params: dict[str, str | int] = {"conflicts": "proceed", "max_docs": limit,
+                                        "scroll_size": min(limit, _SCROLL_SIZE)}
+        if refresh:
+            params["refresh"] = "true"  # so that the next search no longer finds them
+        reply = await http.request(
+            "POST", f"{self._path}/_delete_by_query", params=params,
+            body={"query": _expired(before)},
             ok=(404,),  # no index yet: nothing to clean
         )
+        return _whole(reply.body, "deleted")
 
     def _cleanup_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
@@ -425,6 +491,16 @@ def _version(body: Any) -> tuple[int, int]:
         raise ValueError("the server's reply has no _seq_no and _primary_term "
                          "(Elasticsearch 7.3+ or OpenSearch 1.0+ needed)")
     return seq_no, term
+
+
+def _expired(before: int) -> dict[str, Any]:
+    return {"range": {"expires": {"lt": before}}}
+
+
+def _whole(body: Any, name: str) -> int:
+    """The count ``name`` in a reply (0 when there is none: no index yet)."""
+    value = body.get(name) if isinstance(body, dict) else None
+    return value if _is_int(value) else 0
 
 
 def _if(doc: _Doc) -> dict[str, str | int]:

@@ -72,6 +72,8 @@ class FilesystemBackend(Backend):
                 raise TypeError("directory must be a str path, not bytes")
             if not directory:
                 raise ValueError("directory must not be empty")
+            if os.path.exists(directory) and not os.path.isdir(directory):
+                raise ValueError(f"directory {directory!r} is a file, not a directory")
         if not isinstance(cleanup_every, int) or isinstance(cleanup_every, bool):
             raise TypeError(f"cleanup_every must be an int, not {type(cleanup_every).__name__}")
         if cleanup_every < 0:
@@ -119,6 +121,9 @@ class FilesystemBackend(Backend):
         directory = os.path.dirname(self._path(prefix))
         # Keys too long for a file name are hashed: those are not counted under any prefix.
         return await run_blocking(_count, directory, _file_name(prefix).removesuffix(_SUFFIX))
+
+    async def expires_at(self, key: str) -> float | None:
+        return await run_blocking(_expires_at, self._path(key))
 
     async def purge(self, prefix: str, *, batch: int, dry_run: bool) -> AsyncIterator[int]:
         # Every dead record of the directory, whatever its prefix (as the cleanup does).
@@ -310,6 +315,21 @@ def _load(path: str, touch: bool) -> Record | None:
         if touch:
             os.utime(file.fileno())  # on the file just read: a replacement is already fresh
     return Record(stored.fields, stored.permanent)
+
+
+def _expires_at(path: str) -> float | None:
+    """When the record at ``path`` expires (Unix time), read without its lock or a touch."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+            mtime_ns = os.fstat(file.fileno()).st_mtime_ns
+    except FileNotFoundError:
+        return None
+    try:
+        ttl = _parse(data).ttl if data else None
+    except _Unreadable:
+        return None
+    return None if ttl is None else (mtime_ns + ttl * 10**9) / 10**9
 
 
 def _delete(path: str) -> None:

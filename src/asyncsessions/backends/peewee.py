@@ -184,6 +184,10 @@ class PeeweeBackend(Backend):
     async def count(self, prefix: str) -> int | None:
         return await self._run(self._scalar, self._sql.count, (len(prefix), prefix))
 
+    async def expires_at(self, key: str) -> float | None:
+        rows = await self._run(self._rows, self._sql.expires, (key,))
+        return float(rows[0][0]) if rows else None
+
     async def purge(self, prefix: str, *, batch: int, dry_run: bool) -> AsyncIterator[int]:
         # Every expired session of the table, whatever its prefix, as the cleanup deletes.
         if dry_run:
@@ -352,6 +356,9 @@ class PeeweeBackend(Backend):
                 removed = self._execute(statement, (limit,)).rowcount
         return max(removed, 0)
 
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return list(self._execute(sql, params).fetchall())
+
     def _scalar(self, sql: str, params: Sequence[Any] = ()) -> int:
         row = self._execute(sql, params).fetchone()
         return int(row[0]) if row and row[0] is not None else 0
@@ -481,6 +488,7 @@ class _Sql:
         expired = self._render(self._EXPIRED)
         self.count = self._render('SELECT count(*) FROM {s} WHERE "expires" > {now} '
                                   'AND substr("key", 1, {p}) = {p}')
+        self.expires = self._render('SELECT "expires" FROM {s} WHERE "key" = {p}')
         self.count_expired = self._render('SELECT count(*) FROM {s} WHERE "expires" <= {now}')
         self.cleanup = tuple(
             self._render(statement, expired=expired)

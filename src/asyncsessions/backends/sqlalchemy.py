@@ -81,6 +81,7 @@ class _Statements:
     cleanup: sa.TextClause
     count: sa.TextClause
     count_expired: sa.TextClause
+    expires: sa.TextClause
 
 
 def _statements(backend: str, table: str) -> _Statements:
@@ -179,6 +180,7 @@ def _statements(backend: str, table: str) -> _Statements:
         count=sa.text(f"SELECT count(*) FROM {table} WHERE expires > {now}"
                       " AND substr(id, 1, :length) = :prefix"),
         count_expired=sa.text(f"SELECT count(*) FROM {table} WHERE expires <= {now}"),
+        expires=sa.text(f"SELECT expires FROM {table} WHERE id = :id"),
     )
 
 
@@ -442,6 +444,16 @@ class SQLAlchemyBackend(flask_session.ReadsFlaskSession, ClientBackend[_Database
                                       {"length": len(prefix), "prefix": prefix})
         return int(found or 0)
 
+    async def expires_at(self, key: str) -> float | None:
+        async with await self._connect() as conn:
+            expires = await conn.scalar(self._sql.expires, {"id": key})
+            if expires is None and self._legacy_live:
+                assert self._legacy is not None
+                legacy = self._legacy.c
+                expires = await conn.scalar(
+                    sa.select(legacy.expiry).where(legacy.session_id == key).limit(1))
+        return _unix(expires)
+
     async def purge(self, prefix: str, *, batch: int, dry_run: bool) -> AsyncIterator[int]:
         # Every expired row of the table, whatever its prefix, with the write's cleanup
         # statement (Flask-Session's legacy table is left to Flask-Session).
@@ -659,6 +671,19 @@ def _async_url(url: str | URL) -> URL:
 
 def _module(driver: str) -> str:
     return {"psycopg_async": "psycopg"}.get(driver, driver)
+
+
+def _unix(value: Any) -> float | None:
+    """An ``expires`` column's value as Unix time (naive ones, and SQLite's text, are UTC)."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    if not isinstance(value, datetime):
+        return None
+    expires: datetime = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return expires.timestamp()
 
 
 def _location(url: URL, table: str, schema: str | None) -> str:
