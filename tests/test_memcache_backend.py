@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import pickle
 import re
 import secrets
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from types import SimpleNamespace
@@ -22,7 +22,12 @@ import pytest
 from apps import Driver
 from asyncsessions import Session, SessionConfigWarning
 from asyncsessions.backends.base import Record, Write, close_loop_clients, masked
-from asyncsessions.backends.memcache import MemcacheBackend, _Remembered, _rendezvous
+from asyncsessions.backends.memcache import (
+    MemcacheBackend,
+    _parse_entries,
+    _Remembered,
+    _rendezvous,
+)
 from asyncsessions.config import parse_config
 from asyncsessions.ids import new_id
 from serverkit import Unavailable, make_memcached, serving
@@ -85,8 +90,9 @@ def cas_since(server: MemcachedServer, before: dict[str, int]) -> dict[str, int]
     return {name: after[name] - before[name] for name in ("cas_hits", "cas_badval", "cas_misses")}
 
 
-def sent_commands(backend: MemcacheBackend) -> list[bytes]:
-    """The commands the backend's client sends from now on, one round trip each, by name."""
+def sent_commands(backend: MemcacheBackend, refused: list[bytes] | None = None) -> list[bytes]:
+    """The commands the backend's client sends from now on, by name (``b"ms+touch"``: two
+    sent in one round trip); ``refused`` collects the writes refused for a changed token."""
     [client] = backend.client.clients
     sent: list[bytes] = []
     fetch, call = client.fetch, client.call
@@ -95,9 +101,12 @@ def sent_commands(backend: MemcacheBackend) -> list[bytes]:
         sent.append(command.split()[0])
         return await fetch(command, key)
 
-    async def counted_call(line: bytes, data: bytes | None = None) -> bytes:
-        sent.append(line.split()[0])
-        return await call(line, data)
+    async def counted_call(line: bytes, data: bytes | None = None, *, then: bytes = b"") -> bytes:
+        sent.append(line.split()[0] + (b"+" + then.split()[0] if then else b""))
+        reply = await call(line, data, then=then)
+        if refused is not None and reply in (b"EX", b"EXISTS"):
+            refused.append(line.split()[0])
+        return reply
 
     client.fetch = counted_fetch  # type: ignore[method-assign]
     client.call = counted_call  # type: ignore[method-assign]
@@ -105,9 +114,22 @@ def sent_commands(backend: MemcacheBackend) -> list[bytes]:
 
 
 def value_of(server: MemcachedServer, key: str) -> bytes | None:
-    """The item's value (one without line breaks), or None if there is no item."""
-    lines = raw(server, f"get {key}\r\n".encode())
-    return None if len(lines) == 1 else lines[1]
+    """The item's value, or None if there is no item."""
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        sock.sendall(f"get {key}\r\n".encode())
+        reader = sock.makefile("rb")
+        header = reader.readline().split()
+        if header == [b"END"]:
+            return None
+        return reader.read(int(header[3]) + 2)[:-2]
+
+
+def stored_record(server: MemcachedServer, key: str) -> tuple[int, bool, dict[str, bytes]]:
+    """The ttl, the permanent flag and the live fields of the record under ``key``."""
+    value = value_of(server, key)
+    assert value is not None
+    stored = _parse_entries(value)
+    return stored.ttl, stored.permanent, stored.fields
 
 
 def plant(server: MemcachedServer, key: str, value: bytes, flags: int = 0) -> None:
@@ -145,12 +167,14 @@ async def test_concurrent_stores_keep_every_field(
     backends = [MemcacheBackend(host=memcached_server.host, port=memcached_server.port)
                 for _ in range(2)]
     await backends[0].store(key, Write({"f0": b"0"}, (), False, 60, create=True))
-    before = stats(memcached_server)
+    refused: list[bytes] = []
 
     async def set_field(i: int) -> None:
         assert await backends[i % 2].store(key, Write({f"f{i}": b"%d" % i}))
 
     try:
+        for backend in backends:
+            sent_commands(backend, refused)
         async with anyio.create_task_group() as tg:
             for i in range(1, 30):
                 tg.start_soon(set_field, i)
@@ -158,7 +182,7 @@ async def test_concurrent_stores_keep_every_field(
     finally:
         await close_loop_clients()
     assert record == Record({f"f{i}": b"%d" % i for i in range(30)})
-    assert stats(memcached_server)["cas_badval"] > before["cas_badval"]  # they did collide
+    assert b"ms" in refused  # they did collide
 
 
 @pytest.mark.anyio
@@ -254,15 +278,80 @@ async def test_new_session_is_one_add(backend: MemcacheBackend, key: str) -> Non
 
 
 @pytest.mark.anyio
-async def test_write_without_a_remembered_item_is_gets_then_cas(
+async def test_write_without_a_remembered_item_is_gets_then_append_and_touch(
     backend: MemcacheBackend, memcached_server: MemcachedServer, key: str
 ) -> None:
     writer = MemcacheBackend(host=memcached_server.host, port=memcached_server.port)
     await writer.store(key, Write({"a": b"1"}, (), False, 60, create=True))
+    raw(memcached_server, f"touch {key} 5\r\n".encode())
     sent = sent_commands(backend)
     assert await backend.store(key, Write({"b": b"2"}))  # its load ran in another process
-    assert sent == [b"gets", b"cas"]
+    # Its own load's refresh is not known here: the touch restarts the expiry, same trip.
+    assert sent == [b"gets", b"ms+touch"]
+    assert remaining_ttl(memcached_server, key) in range(55, 62)
     assert await backend.load(key, touch=False) == Record({"a": b"1", "b": b"2"})
+
+
+@pytest.mark.anyio
+async def test_one_field_write_sends_about_one_field(
+    backend: MemcacheBackend, memcached_server: MemcachedServer, key: str
+) -> None:
+    value = b'"' + b"v" * 1000 + b'"'
+    fields = {f"field{i}": value for i in range(200)}
+    await backend.store(key, Write(fields, (), False, 60, create=True))
+    assert await backend.load(key, touch=True) == Record(fields)
+    sent = sent_commands(backend)
+    before = stats(memcached_server)
+    assert await backend.store(key, Write({"field7": b'"new"'}, ["field9"]))
+    assert sent == [b"ms"]  # one append under the load's token (the load refreshed the expiry)
+    written = stats(memcached_server)["bytes_read"] - before["bytes_read"]
+    assert written < 200  # of a record of 200 KB
+    del fields["field9"]
+    assert await backend.load(key, touch=True) == Record({**fields, "field7": b'"new"'})
+
+
+@pytest.mark.anyio
+async def test_appended_record_is_rewritten_before_it_holds_more_dead_than_live(
+    backend: MemcacheBackend, memcached_server: MemcachedServer, key: str
+) -> None:
+    fields = {f"f{i}": b'"' + b"x" * 98 + b'"' for i in range(20)}
+    await backend.store(key, Write(fields, (), False, 60, create=True))
+    whole = len(value_of(memcached_server, key) or b"")
+    sent = sent_commands(backend)
+    for i in range(100):
+        await backend.load(key, touch=True)
+        fields["f0"] = b'"%s"' % (b"%d" % i).rjust(98, b"y")
+        assert await backend.store(key, Write({"f0": fields["f0"]}))
+        assert len(value_of(memcached_server, key) or b"") <= 2 * whole + 1024
+    assert sent.count(b"cas") in range(3, 20)  # mostly appends, now and then a rewrite
+    assert await backend.load(key, touch=False) == Record(fields)
+
+
+@pytest.mark.anyio
+async def test_records_of_the_earlier_layout_load_and_are_rewritten_at_their_write(
+    backend: MemcacheBackend, memcached_server: MemcachedServer, key: str
+) -> None:
+    # What versions before the append layout wrote: one JSON object of the fields.
+    plant(memcached_server, key, b'{"\\u0000ttl":60,"\\u0000p":true,"a":1,"b":[1,2]}')
+    assert await backend.load(key, touch=True) == Record({"a": b"1", "b": b"[1,2]"}, True)
+    sent = sent_commands(backend)
+    assert await backend.store(key, Write({"a": b"2"}))
+    assert sent == [b"cas"]  # JSON takes no append: the whole record, in this layout
+    assert stored_record(memcached_server, key) == (60, True, {"a": b"2", "b": b"[1,2]"})
+    assert await backend.load(key, touch=False) == Record({"a": b"2", "b": b"[1,2]"}, True)
+
+
+@pytest.mark.anyio
+async def test_expires_at_is_the_items_expiry_without_touching_it(
+    backend: MemcacheBackend, memcached_server: MemcachedServer, key: str
+) -> None:
+    assert await backend.expires_at(key) is None
+    await backend.store(key, Write({"a": b"1"}, (), True, 1000, create=True))
+    raw(memcached_server, f"touch {key} 500\r\n".encode())
+    expires = await backend.expires_at(key)
+    assert expires is not None
+    assert abs(expires - (time.time() + 500)) < 3
+    assert remaining_ttl(memcached_server, key) in range(495, 502)  # not refreshed
 
 
 @pytest.mark.anyio
@@ -417,7 +506,7 @@ def other_process(server: MemcachedServer) -> MemcacheBackend:
 @pytest.mark.parametrize("loaded", [True, False], ids=["loaded here", "loaded elsewhere"])
 @pytest.mark.parametrize(
     ("write", "commands"),
-    [(Write({"a": b"2"}), [b"cas"]), (Write({"a": b"2"}, (), True, 600), [b"cas"]),
+    [(Write({"a": b"2"}), [b"ms"]), (Write({"a": b"2"}, (), True, 600), [b"cas"]),
      (Write({}, ["a"]), [b"md"])],
     ids=["update", "flag", "emptying"],
 )
@@ -470,7 +559,7 @@ async def test_field_written_concurrently_keeps_an_emptied_record(
         assert await backend.load(key, touch=True) is not None
         # Another request adds a field after this one's load, before its write.
         assert await other.store(key, Write({"b": b"2"}))
-        expected = [b"md", b"gets", b"cas"]
+        expected = [b"md", b"gets", b"ms+touch"]
     else:
         # Another request adds a field between this write's gets and its delete.
         [client] = backend.client.clients
@@ -484,7 +573,7 @@ async def test_field_written_concurrently_keeps_an_emptied_record(
             return item
 
         client.fetch = fetch_then_write  # type: ignore[method-assign]
-        expected = [b"gets", b"md", b"gets", b"cas"]
+        expected = [b"gets", b"md", b"gets", b"ms+touch"]
     sent = sent_commands(backend)
     assert await backend.store(key, Write({}, ["a"])) is True
     assert sent == expected
@@ -537,8 +626,7 @@ async def test_write_without_the_flag_keeps_the_stored_one_and_its_own_ttl(
     assert await backend.store(key, Write({"b": b"2"}))  # this request did not touch the flag
     assert await backend.load(key, touch=False) == Record({"a": b"1", "b": b"2"}, permanent=True)
     assert remaining_ttl(memcached_server, key) in range(995, 1002)  # its own ttl, from now
-    stored = json.loads(value_of(memcached_server, key) or b"null")
-    assert (stored["\0ttl"], stored["\0p"]) == (1000, True)
+    assert stored_record(memcached_server, key)[:2] == (1000, True)
 
 
 @pytest.mark.anyio
@@ -596,6 +684,16 @@ async def test_oversize_record_is_refused_and_the_old_one_kept(
         (0, b'{"\\u0000ttl": 1%s, "\\u0000p": false, "user_id": "admin"}' % (b"0" * 30)),
         (0, b'{"\\u0000ttl": 60, "\\u0000p": 1, "user_id": "admin"}'),
         (0, b"[" * 100_000),
+        (0, b"[" * 100_000 + b"\n"),
+        (0, b'["as1",60,false,"a",5]\n"x"'),  # cut short
+        (0, b'["as1",60,false,"a",1]\n1["b",3]'),  # an appended header without its end
+        (0, b'["as1",60,false,"a"]\n1'),
+        (0, b'["as1",60,false,"a",-2]\n'),
+        (0, b'["as1",60,false,1,1]\n1'),
+        (0, b'["as1",0,false,"a",1]\n1'),
+        (0, b'["as1",60,1,"a",1]\n1'),
+        (0, b'["as2",60,false,"a",1]\n1'),
+        (0, b'["as1",60,false,"a",1]\n1{"b":3}\n'),
     ],
 )
 async def test_foreign_values_read_as_no_session(
@@ -820,10 +918,10 @@ def test_end_to_end(
 
         before = stats(memcached_server)
         driver.post("append", {"cart": 3})
-        # A writing request: gats, then one cas over what it read.
+        # A writing request: gats, then one append to what it read, under its token.
         assert commands_since(memcached_server, before) == {
             "cmd_get": 0, "cmd_touch": 1, "cmd_set": 1}
-        assert cas_since(memcached_server, before)["cas_hits"] == 1
+        assert stored_record(memcached_server, key)[2]["cart"] == b"[1,2,3]"
         driver.post("del", {"user_id": None})
         assert driver.show() == {"cart": "[1, 2, 3]"}
         driver.post("permanent")
@@ -866,8 +964,7 @@ def test_foreign_item_is_a_fresh_session(
     assert d.post("set", {"user_id": 42}).status == 200
     new_sid = d.cookies()["sid"]
     assert new_sid != sid  # an id with no record of ours is never adopted
-    stored = json.loads(value_of(memcached_server, prefix + new_sid) or b"null")
-    assert stored == {"\u0000ttl": 86400, "\u0000p": False, "user_id": 42}
+    assert stored_record(memcached_server, prefix + new_sid) == (86400, False, {"user_id": b"42"})
     assert d.show() == {"user_id": "42"}
 
 

@@ -1,15 +1,18 @@
-"""Memcached store: one blob per session, written under CAS, expiry refreshed on the read.
+"""Memcached store: one item per session, appended to under CAS, expiry refreshed on the read.
 
-A load remembers the item it read with its CAS token, so that the write usually following in
-the same request is a single ``cas`` (or token-conditional ``md``) over it. Several servers
-share the keys by rendezvous hashing, as pymemcache's ``HashClient`` places them.
+A load remembers the record it parsed with its CAS token, so that the write usually following
+in the same request is a single append (or ``cas``, or token-conditional ``md``) over it.
+Several servers share the keys by rendezvous hashing, as pymemcache's ``HashClient`` places
+them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import functools
+import json
 import random
 import socket
 import struct
@@ -17,22 +20,27 @@ import threading
 import time
 import unicodedata
 import warnings
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import aiomcache
 from aiomcache.pool import Connection
 
 from ..errors import SessionConfigWarning
-from ..serialization import join_fields, split_fields
+from ..serialization import split_fields
 from . import flask_session
 from .base import ClientBackend, Record, Write
 
 __all__ = ["MemcacheBackend"]
 
-# Record fields beside the session's own; session keys can never start with NUL.
+# The earlier layout's record fields beside the session's own (read, never written).
 _TTL = "\0ttl"
 _PERMANENT = "\0p"
+# The first header of a record in this layout (see the class docstring).
+_LAYOUT = "as1"
+# An append is cheaper than a rewrite until the record holds more dead bytes than live ones:
+# then it is rewritten whole, so a record never grows past about twice its live size.
+_SLACK = 1024
 # memcached reads an exptime over 30 days as a Unix time, not as seconds from now.
 _MAX_RELATIVE = 30 * 86400
 # memcached keeps expiry times in 32 bits: later ones wrap around or are refused.
@@ -56,47 +64,61 @@ class _Stored(NamedTuple):
     ttl: int
     permanent: bool
     fields: dict[str, bytes]
+    #: Bytes of the item, dead entries included (what an append adds to).
+    size: int = 0
+    #: Written in this layout, so it can take an append (the earlier one's JSON cannot).
+    appendable: bool = True
+
+
+class _Loaded(NamedTuple):
+    """A record as parsed, the CAS token of the item it came from, and whether the read
+    restarted its expiry (so the write that follows need not)."""
+
+    stored: _Stored
+    cas: int
+    touched: bool
 
 
 class _Remembered:
-    """Items as loads read them, by key, for the store that usually follows in the request.
+    """Records as loads parsed them, by key, for the store that usually follows in the request.
 
-    The backend sees no requests, so this is a bounded map instead: a read-only request's item
-    stays until later loads push it out, oldest first, past ``max_items`` items or
-    ``max_bytes`` of values. ``take`` removes the item it returns, so each is used at most
-    once. Only its own bytes and CAS token are kept together: a write merges into exactly the
-    record whose token it presents. Locked, as Flask's bridge runs loops on several threads.
+    The backend sees no requests, so this is a bounded map instead: a read-only request's
+    record stays until later loads push it out, oldest first, past ``max_items`` records or
+    ``max_bytes`` of items. ``take`` removes the record it returns, so each is used at most
+    once. A record is kept with the CAS token of the item it was parsed from: a write merges
+    into exactly the record whose token it presents. Locked, as Flask's bridge runs loops on
+    several threads.
     """
 
     def __init__(self, max_items: int = _REMEMBER_ITEMS, max_bytes: int = _REMEMBER_BYTES) -> None:
         self.max_items = max_items
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._items: dict[str, _Item] = {}  # oldest first
+        self._items: dict[str, _Loaded] = {}  # oldest first
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, key: str, item: _Item) -> None:
+    def put(self, key: str, loaded: _Loaded) -> None:
         with self._lock:
             self._pop(key)
-            if len(item.value) > self.max_bytes:
+            if loaded.stored.size > self.max_bytes:
                 return
-            self._items[key] = item
-            self.bytes += len(item.value)
+            self._items[key] = loaded
+            self.bytes += loaded.stored.size
             while len(self._items) > self.max_items or self.bytes > self.max_bytes:
                 self._pop(next(iter(self._items)))
 
-    def take(self, key: str) -> _Item | None:
+    def take(self, key: str) -> _Loaded | None:
         with self._lock:
             return self._pop(key)
 
-    def _pop(self, key: str) -> _Item | None:
-        item = self._items.pop(key, None)
-        if item is not None:
-            self.bytes -= len(item.value)
-        return item
+    def _pop(self, key: str) -> _Loaded | None:
+        loaded = self._items.pop(key, None)
+        if loaded is not None:
+            self.bytes -= loaded.stored.size
+        return loaded
 
 
 class _Client(aiomcache.Client):
@@ -137,14 +159,21 @@ class _Client(aiomcache.Client):
                 raise _unexpected(end)
             return _Item(data[:-2], int(terms[2]), int(terms[4]) if len(terms) == 5 else 0)
 
-    async def call(self, line: bytes, data: bytes | None = None) -> bytes:
-        """Send one command (and its data block); the one-line reply."""
+    async def call(self, line: bytes, data: bytes | None = None, *, then: bytes = b"") -> bytes:
+        """Send one command (and its data block); the one-line reply.
+
+        ``then``: a second command line sent in the same round trip; its one-line reply is
+        read and dropped (it is a ``touch`` whose outcome the first reply already tells).
+        """
         async with self._connection() as conn:
-            conn.writer.write(b"%s\r\n" % line if data is None else b"%s\r\n%s\r\n" % (line, data))
+            payload = b"%s\r\n" % line if data is None else b"%s\r\n%s\r\n" % (line, data)
+            conn.writer.write(payload + b"%s\r\n" % then if then else payload)
             await conn.writer.drain()
             reply = await conn.reader.readline()
             if not reply.endswith(b"\r\n"):
                 raise _unexpected(reply)
+            if then and not (await conn.reader.readline()).endswith(b"\r\n"):
+                raise _unexpected(b"")
             return reply[:-2]
 
 
@@ -181,28 +210,42 @@ class MemcacheBackend(flask_session.ReadsFlaskSession, ClientBackend[_Servers]):
     python-memcached spreads keys by CRC32 modulo instead, so the sessions it stored on
     several servers are found only where the two agree (warned about at ``init_app``).
 
-    Each session is one item: ``join_fields`` of its fields plus ``"\\u0000ttl": <seconds>``
-    and ``"\\u0000p": <permanent>``, with client flags 0. Every write is conditional on a CAS
-    token, so concurrent requests that change different fields all survive, and none undoes
-    another's delete:
+    Each session is one item with client flags 0: a header line, the JSON array
+    ``["as1", ttl, permanent, name, size, name, size, …]``, then the fields' values back to
+    back, each ``size`` bytes; a write may append further entries, a header line
+    ``[name, size, …]`` (size -1: the field was removed) and their values, and the last entry
+    of a name wins. So a load cuts the values out by their sizes without decoding any (the
+    engine decodes the fields a request reads), and a write that changes one field of a large
+    session sends about that field. Records of the earlier layout, one JSON object of the
+    fields plus ``"\\u0000ttl"`` and ``"\\u0000p"``, are still read; their next write rewrites
+    them in this one. Every write is conditional on a CAS token, so concurrent requests that
+    change different fields all survive, and none undoes another's delete:
 
     - A new id's record is written with ``add``. Should an item be there all the same (another
       client's, under this key), it is replaced whole through ``gets`` and ``cas``.
-    - An update merges the changed and removed fields into the item and writes it back with
-      ``cas``. It first tries the item the request's load read (``gats``/``gets`` return its
-      CAS token; the backend remembers a few thousand such items, see ``_Remembered``); if
-      another request wrote in between, that fails and the write falls back to ``gets``,
-      merge, ``cas``, backing off a random moment after each conflict, up to 20 times. A
-      merge always starts from the very item whose token the ``cas`` presents. No item (a
-      logout or ``regenerate()`` deleted it, or it expired), ``cas`` answering
-      ``NOT_FOUND``, or an item this store did not write: the session is gone, nothing is
-      written and ``store`` returns ``False``.
+    - An update merges the changed and removed fields into the record it read and appends
+      the entries that differ with the meta command ``ms <key> MA C<token>`` (append, only
+      while the token matches; memcached 1.6). It first tries the record the request's load
+      read (``gats``/``gets`` return its CAS token; the backend remembers a few thousand such
+      records, see ``_Remembered``); if another request wrote in between, that fails and the
+      write falls back to ``gets``, merge, append, backing off a random moment after each
+      conflict, up to 20 times. A merge always starts from the very item whose token the write
+      presents. No item (a logout or ``regenerate()`` deleted it, or it expired), the append
+      or ``cas`` finding none, or an item this store did not write: the session is gone,
+      nothing is written and ``store`` returns ``False``.
+    - The record is written whole, with ``cas``, instead of appended to when the append
+      would leave it holding more dead entries than live bytes (so it stays under about
+      twice its live size, and a load's cost with it), when it is in the earlier layout, when
+      the write sets the permanent flag (an append cannot change an item's expiry), and when
+      memcached refuses the append as too large.
     - A merge that leaves no field deletes the item with the meta command ``md <key>
       C<token>``, which deletes only while the token still matches (memcached 1.6): a field
       another request ``cas``-ed in meanwhile changed the token, so the delete is refused and
       the merge over that request's item keeps the record.
     - A write that does not set the permanent flag keeps the stored flag and TTL, and the
-      item lives its own TTL from now.
+      item lives its own TTL from now: an append keeps the item's expiry, which the request's
+      refreshing load restarted; after a load that did not, or over a record read by
+      ``gets``, a ``touch`` sent with the append restarts it.
 
     An item this store did not write (Flask-Session's msgpack, a client's flagged pickle,
     damaged JSON) or an item left without fields (as earlier versions emptied records) reads
@@ -232,12 +275,13 @@ class MemcacheBackend(flask_session.ReadsFlaskSession, ClientBackend[_Servers]):
     one or before this process has seen any record (``gets`` + ``touch`` then):
 
     - read-only: 1 (``gats``);
-    - writing: 2 (``gats``, then ``cas``, or ``md`` when the session is emptied), 4 (``gats``,
-      ``cas`` refused, ``gets``, ``cas``) when another request wrote the session in between,
-      more while conflicts go on;
+    - writing: 2 (``gats``, then the append, ``cas`` or ``md``), 4 (``gats``, append refused,
+      ``gets``, append and ``touch``) when another request wrote the session in between, more
+      while conflicts go on;
     - writing a new session (no load): 1 (``add``);
-    - a write whose load's item is no longer remembered (pushed out, or taken by a concurrent
-      request of the same session in this process): 3 (``gats``, ``gets``, ``cas``).
+    - a write whose load's record is no longer remembered (pushed out, or taken by a
+      concurrent request of the same session in this process): 3 (``gats``, ``gets``, append
+      and ``touch``).
     """
 
     max_key_length = 250  # memcached's limit; keys may hold no whitespace or control characters
@@ -308,26 +352,27 @@ class MemcacheBackend(flask_session.ReadsFlaskSession, ClientBackend[_Servers]):
             if reply not in (b"TOUCHED", b"NOT_FOUND"):
                 raise _unexpected(reply)
         self._learn(stored.ttl)
-        # The raw item: parsed again by the store, it can never share the caller's dict.
-        self._remembered.put(key, item)
-        return Record(stored.fields, stored.permanent)
+        # Parsed once per request: the write merges into this copy, the caller gets its own.
+        self._remembered.put(key, _Loaded(stored, item.cas, touch))
+        return Record(dict(stored.fields), stored.permanent)
 
     async def store(self, key: str, write: Write) -> bool:
         if write.permanent is not None and write.ttl is None:
             raise ValueError("a write that sets the permanent flag needs its ttl")
         client = self.client.for_key(key)
         name = key.encode()
-        # Taken whatever the write: a load's item serves the write of its own request only.
+        # Taken whatever the write: a load's record serves the write of its own request only.
         loaded = self._remembered.take(key)
         if write.create:
             return await self._create(client, name, write)
-        # First, no read: the item this request loaded, under the token it was loaded with.
+        # First, no read: the record this request loaded, under the token it was loaded with.
         if loaded is not None:
             done = await self._merge(client, name, loaded, write)
             if done is not None:
                 return done
         for attempt in range(_TRIES):
-            done = await self._merge(client, name, await client.fetch(b"gets", name), write)
+            done = await self._merge(client, name, _fetched(await client.fetch(b"gets", name)),
+                                     write)
             if done is not None:
                 return done
             # Another request wrote in between: let the contenders spread out, then merge again.
@@ -337,29 +382,25 @@ class MemcacheBackend(flask_session.ReadsFlaskSession, ClientBackend[_Servers]):
         )
 
     async def _merge(
-        self, client: _Client, name: bytes, item: _Item | None, write: Write
+        self, client: _Client, name: bytes, loaded: _Loaded | None, write: Write
     ) -> bool | None:
-        """Apply ``write`` over ``item``, conditional on its CAS token.
+        """Apply ``write`` over ``loaded``, conditional on its CAS token.
 
-        True if applied, False if the record is gone (nothing written), None if ``item`` is
+        True if applied, False if the record is gone (nothing written), None if ``loaded`` is
         no longer what is stored (merge again over what is).
         """
-        if item is None:
-            return False  # deleted (logout, regenerate) or expired: never resurrected
-        try:
-            stored = _parse(item)
-        except ValueError:
-            return False  # another client's item: no session of ours, left as it is
+        if loaded is None:
+            return False  # deleted, expired or another client's item: never resurrected
+        stored = loaded.stored
         if not stored.fields:
             return False  # emptied (earlier versions left such records): no session
-        fields = stored.fields
+        fields = dict(stored.fields)
         fields.update(write.changed)
-        for field in write.removed:
-            fields.pop(field, None)
+        removed = [field for field in write.removed if fields.pop(field, None) is not None]
         if not fields:
             # A delete conditional on the token: a field another request cas-ed in since
             # changes the token, so this fails and the merge over its item keeps the record.
-            reply = await client.call(b"md %s C%d" % (name, item.cas))
+            reply = await client.call(b"md %s C%d" % (name, loaded.cas))
             if reply == b"ERROR":
                 raise aiomcache.ClientException(
                     "memcached does not know the meta delete command (md): "
@@ -374,10 +415,48 @@ class MemcacheBackend(flask_session.ReadsFlaskSession, ClientBackend[_Servers]):
             assert write.ttl is not None  # checked by store
             permanent, ttl = write.permanent, write.ttl
         self._learn(ttl)
-        reply = await _put(client, b"cas", name, fields, permanent, ttl, cas=item.cas)
+        if write.permanent is None and stored.appendable:
+            done = await self._append(client, name, loaded, write.changed, removed, fields)
+            if done is not _Rewrite.WHOLE:
+                return done
+        reply = await _put(client, b"cas", name, fields, permanent, ttl, cas=loaded.cas)
         if reply == b"EXISTS":
             return None
         return reply == b"STORED"  # NOT_FOUND: deleted or expired since the item was read
+
+    async def _append(
+        self, client: _Client, name: bytes, loaded: _Loaded, changed: Mapping[str, bytes],
+        removed: Sequence[str], fields: dict[str, bytes],
+    ) -> bool | _Rewrite | None:
+        """Append the write's entries to the record, conditional on its CAS token.
+
+        Like :meth:`_merge`'s answers, or :class:`_Rewrite` when the record should be written whole
+        instead (it would hold more dead bytes than live ones, or grow too large): ``WHOLE``.
+        """
+        stored = loaded.stored
+        delta = _entries(changed, removed)
+        if stored.size + len(delta) > 2 * sum(map(len, fields.values())) + _SLACK:
+            return _Rewrite.WHOLE
+        # An append keeps the item's expiry: a load that refreshed it restarted it already,
+        # otherwise a touch in the same round trip restarts it (one the append's refusal
+        # makes moot: the merge that follows touches again).
+        then = b"" if loaded.touched else b"touch %s %d" % (name, _exptime(stored.ttl))
+        reply = await client.call(b"ms %s %d MA C%d" % (name, len(delta), loaded.cas), delta,
+                                  then=then)
+        if reply == b"HD":
+            return True
+        if reply == b"EX":
+            return None
+        if reply in (b"NS", b"NF"):
+            return False  # deleted or expired since the item was read
+        if reply.startswith(b"SERVER_ERROR object too large"):
+            return _Rewrite.WHOLE  # the dead entries may be what does not fit
+        if reply == b"ERROR" or reply.startswith(b"CLIENT_ERROR"):
+            raise aiomcache.ClientException(
+                f"memcached refused the meta set command (ms): {reply[:200]!r}; "
+                "asyncsessions needs memcached 1.6 or later"
+            )
+        raise _unexpected(reply)
 
     async def _create(self, client: _Client, name: bytes, write: Write) -> bool:
         """Write the record of a new id: ``add``, or replace the item found under it."""
@@ -412,10 +491,27 @@ class MemcacheBackend(flask_session.ReadsFlaskSession, ClientBackend[_Servers]):
         if reply not in (b"DELETED", b"NOT_FOUND"):
             raise _unexpected(reply)
 
+    async def expires_at(self, key: str) -> float | None:
+        # Meta get with only the remaining TTL: no value, and no touch.
+        reply = await self.client.for_key(key).call(b"mg %s t" % key.encode())
+        if reply == b"EN":
+            return None
+        terms = reply.split()
+        left = next((t[1:] for t in terms[1:] if t.startswith(b"t")), None)
+        if terms[:1] != [b"HD"] or left is None or not left.lstrip(b"-").isdigit():
+            raise _unexpected(reply)
+        return None if int(left) < 0 else time.time() + int(left)  # -1: never expires
+
     def _learn(self, ttl: int) -> None:
         # A plain read-modify-write: a lost update across threads only costs a touch.
         if self._guess is None or ttl < self._guess:
             self._guess = ttl
+
+
+class _Rewrite(enum.Enum):
+    """An append's answer: write the record whole instead."""
+
+    WHOLE = 0
 
 
 def _exptime(ttl: int) -> int:
@@ -424,13 +520,35 @@ def _exptime(ttl: int) -> int:
     return ttl if ttl <= _MAX_RELATIVE else int(time.time()) + ttl
 
 
+def _header(entries: list[Any]) -> bytes:
+    # ASCII JSON: no raw line break, so the header ends at the first one.
+    return json.dumps(entries, separators=(",", ":")).encode() + b"\n"
+
+
+def _record(fields: Mapping[str, bytes], permanent: bool, ttl: int) -> bytes:
+    """A whole record: its header, then the values back to back."""
+    entries: list[Any] = [_LAYOUT, ttl, permanent]
+    for field, value in fields.items():
+        entries += (field, len(value))
+    return _header(entries) + b"".join(fields.values())
+
+
+def _entries(changed: Mapping[str, bytes], removed: Sequence[str]) -> bytes:
+    """What an append adds: a header of names and sizes (-1: removed), then the values."""
+    entries: list[Any] = []
+    for field, value in changed.items():
+        entries += (field, len(value))
+    for field in removed:
+        entries += (field, -1)
+    return _header(entries) + b"".join(changed.values())
+
+
 async def _put(
     client: _Client, verb: bytes, name: bytes, fields: dict[str, bytes], permanent: bool,
     ttl: int, *, cas: int | None = None,
 ) -> bytes:
     """``add`` or ``cas`` the record; memcached's reply (``STORED``, ``EXISTS``, …)."""
-    blob = join_fields({_TTL: b"%d" % ttl, _PERMANENT: b"true" if permanent else b"false",
-                        **fields})
+    blob = _record(fields, permanent, ttl)
     line = b"%s %s 0 %d %d" % (verb, name, _exptime(ttl), len(blob))
     reply = await client.call(line if cas is None else b"%s %d" % (line, cas), blob)
     if reply.startswith(b"SERVER_ERROR object too large"):
@@ -448,13 +566,73 @@ async def _back_off(attempt: int) -> None:
     await asyncio.sleep(random.uniform(0, min(_MAX_BACKOFF, 0.001 * 2**attempt)))
 
 
+def _fetched(item: _Item | None) -> _Loaded | None:
+    """A write's merge base: the item ``gets`` read, or ``None`` if it is no record of ours."""
+    if item is None:
+        return None
+    try:
+        return _Loaded(_parse(item), item.cas, touched=False)
+    except ValueError:
+        return None  # another client's item: no session of ours, left as it is
+
+
 def _parse(item: _Item) -> _Stored:
     """The record in ``item``; ``ValueError`` saying why if it is none this store wrote."""
     if item.flags:
         # pymemcache and python-memcached flag the encodings they add, such as pickles.
         raise ValueError(f"client flags {item.flags}, another client's encoding")
+    if item.value[:1] == b"{":
+        return _parse_json(item.value)
     try:
-        fields = split_fields(item.value)
+        return _parse_entries(item.value)
+    except RecursionError:
+        raise ValueError("not a record: a header nested too deeply") from None
+
+
+def _parse_entries(value: bytes) -> _Stored:
+    """A record of this layout: each header's sizes cut the values out, none is decoded."""
+    fields: dict[str, bytes] = {}
+    ttl: Any = None
+    permanent: Any = None
+    pos, end = 0, len(value)
+    while pos < end:
+        newline = value.find(b"\n", pos)
+        if newline < 0:
+            raise ValueError("not a record: a header without its end")
+        entries = json.loads(value[pos:newline])
+        if type(entries) is not list:
+            raise ValueError("not a record: a header that is not a list")
+        if pos == 0:
+            if len(entries) < 3 or entries[0] != _LAYOUT:
+                raise ValueError("not a record: no layout mark")
+            ttl, permanent = entries[1], entries[2]
+            entries = entries[3:]
+        if len(entries) % 2:
+            raise ValueError("not a record: a name without its size")
+        pos = newline + 1
+        for i in range(0, len(entries), 2):
+            field, size = entries[i], entries[i + 1]
+            if type(field) is not str or type(size) is not int or size < -1:
+                raise ValueError("not a record: an entry that is no name and size")
+            if size < 0:
+                fields.pop(field, None)
+            elif pos + size > end:
+                raise ValueError("not a record: a value cut short")
+            else:
+                fields[field] = value[pos:pos + size]
+                pos += size
+    if type(ttl) is not int or not 1 <= ttl <= _MAX_EXPTIME - int(time.time()):
+        # A ttl memcached cannot take as an expiry would make the load's touch fail.
+        raise ValueError(f"ttl {str(ttl)[:30]!r} is no lifetime memcached can keep")
+    if type(permanent) is not bool:
+        raise ValueError(f"permanent flag {str(permanent)[:30]!r} is not true or false")
+    return _Stored(ttl, permanent, fields, end)
+
+
+def _parse_json(value: bytes) -> _Stored:
+    """A record of the earlier layout (one JSON object): read, and rewritten at its next write."""
+    try:
+        fields = split_fields(value)
     except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply to parse
         raise ValueError(f"not a JSON object of fields: {exc}") from None
     ttl, permanent = fields.pop(_TTL, None), fields.pop(_PERMANENT, None)
@@ -465,7 +643,7 @@ def _parse(item: _Item) -> _Stored:
         raise ValueError(f"ttl {ttl[:30]!r} is no lifetime memcached can keep")
     if permanent not in (b"true", b"false"):
         raise ValueError(f"permanent flag {permanent[:30]!r} is not true or false")
-    return _Stored(int(ttl), permanent == b"true", fields)
+    return _Stored(int(ttl), permanent == b"true", fields, len(value), appendable=False)
 
 
 def _unexpected(reply: bytes) -> aiomcache.ClientException:
