@@ -744,6 +744,73 @@ async def test_a_failed_cleanup_is_logged_and_runs_again_later(
     assert names(probe) == set()
 
 
+# -- the CLI's count, expires_at and purge ----------------------------------------------------
+
+
+async def purged(backend: DatastoreBackend, *, batch: int, dry_run: bool) -> list[int]:
+    return [step async for step in backend.purge("session:", batch=batch, dry_run=dry_run)]
+
+
+@pytest.mark.anyio
+async def test_purge_removes_dead_records_in_bounded_batches(
+    backend: DatastoreBackend, probe: datastore.Client
+) -> None:
+    for i in range(5):
+        dead(probe, f"other:dead:{i}", seconds_ago=60 - i)  # any prefix: dead whatever its key
+    plant(probe, "foreign:dead", {"expires": now() - timedelta(hours=1), "data": PICKLE})
+    await backend.store(KEY, create({"a": b"1"}))
+    steps = await purged(backend, batch=2, dry_run=True)
+    assert sum(steps) == 5
+    assert max(steps) <= 2
+    assert len(names(probe)) == 7  # a dry run removes nothing
+    steps = await purged(backend, batch=2, dry_run=False)
+    assert sum(steps) == 5
+    assert max(steps) <= 2
+    assert names(probe) == {"foreign:dead", KEY}
+    assert await purged(backend, batch=2, dry_run=False) == []
+    assert await backend.load(KEY, touch=False) == Record({"a": b"1"})
+
+
+@pytest.mark.anyio
+async def test_purge_spares_a_record_refreshed_after_its_query(
+    backend: DatastoreBackend, probe: datastore.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead(probe, "revived")
+    dead(probe, "dead")
+    client = backend.client
+    real_query = client.run_query
+
+    async def query_then_refresh(*args: Any, **kwargs: Any) -> Any:
+        found = await real_query(*args, **kwargs)
+        age(probe, "revived", 600)  # as a write that read it just before its expiry would
+        return found
+
+    monkeypatch.setattr(client, "run_query", query_then_refresh)
+    assert await purged(backend, batch=10, dry_run=False) == [1]
+    assert names(probe) == {"revived"}
+
+
+@pytest.mark.anyio
+async def test_count_and_expires_at(backend: DatastoreBackend, probe: datastore.Client) -> None:
+    other = DatastoreBackend(project=backend._resolved().project)
+    await backend.store(KEY, create({"a": b"1"}, ttl=600))
+    await backend.store("session:" + "y" * 43, create({"a": b"1"}))
+    await other.store("other:" + SID, create({"a": b"1"}))
+    dead(probe, "session:dead")
+    assert await backend.count("session:") == 2
+    assert await backend.count("other:") == 1
+    assert await backend.count("none:") == 0
+
+    age(probe, KEY, 100)  # past half its lifetime: a touching load would restart it
+    at = await backend.expires_at(KEY)
+    assert at is not None
+    assert abs(at - (time.time() + 100)) < 2
+    assert await backend.expires_at(KEY) == at  # read, never touched
+    assert await backend.expires_at("session:nothing") is None
+    plant(probe, "session:foreign", {"expires": now(), "data": PICKLE})
+    assert await backend.expires_at("session:foreign") is None
+
+
 # -- options, clients, namespaces -------------------------------------------------------------
 
 

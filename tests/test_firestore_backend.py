@@ -400,6 +400,77 @@ def test_foreign_document_is_a_fresh_session_with_a_warning(
         probe._firestore_api.transport.close()
 
 
+# -- the CLI's count, expires_at and purge ----------------------------------------------------
+
+
+def ago(seconds: float) -> datetime:
+    return datetime.now(timezone.utc) - timedelta(seconds=seconds)
+
+
+async def ids(backend: FirestoreBackend) -> set[str]:
+    return {doc.id async for doc in backend.client.collection("sessions").select([]).stream()}
+
+
+async def purged(backend: FirestoreBackend, *, batch: int, dry_run: bool) -> list[int]:
+    return [step async for step in backend.purge("session:", batch=batch, dry_run=dry_run)]
+
+
+@pytest.mark.anyio
+async def test_purge_removes_dead_records_in_bounded_batches(backend: FirestoreBackend) -> None:
+    for i in range(5):
+        await raw(backend, f"other:dead:{i}").set(ours(expires=ago(60 - i)))  # any prefix
+    await raw(backend, "foreign:dead").set({"val": PICKLE, "expires": ago(3600)})
+    await backend.store(KEY, create({"a": b"1"}))
+    steps = await purged(backend, batch=2, dry_run=True)
+    assert sum(steps) == 5
+    assert max(steps) <= 2
+    assert len(await ids(backend)) == 7  # a dry run removes nothing
+    steps = await purged(backend, batch=2, dry_run=False)
+    assert sum(steps) == 5
+    assert max(steps) <= 2
+    assert await ids(backend) == {"foreign:dead", KEY}
+    assert await purged(backend, batch=2, dry_run=False) == []
+    assert await backend.load(KEY, touch=False) == Record({"a": b"1"})
+
+
+@pytest.mark.anyio
+async def test_purge_spares_a_record_written_after_its_query(
+    backend: FirestoreBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await raw(backend, "revived").set(ours(expires=ago(60)))
+    await raw(backend, "dead").set(ours(expires=ago(60)))
+    real = AsyncDocumentReference.delete
+
+    async def revive_then_delete(self: AsyncDocumentReference, **kwargs: Any) -> Any:
+        if self.id == "revived":  # as a write that read it just before its expiry would
+            await raw(backend, "revived").update({"expires": FUTURE})
+        return await real(self, **kwargs)
+
+    monkeypatch.setattr(AsyncDocumentReference, "delete", revive_then_delete)
+    assert await purged(backend, batch=10, dry_run=False) == [1]
+    assert await ids(backend) == {"revived"}
+
+
+@pytest.mark.anyio
+async def test_count_and_expires_at(backend: FirestoreBackend) -> None:
+    await backend.store(KEY, create({"a": b"1"}))
+    await backend.store("session:" + "y" * 43, create({"a": b"1"}))
+    await backend.store("other/" + SID, create({"a": b"1"}))  # escaped as other%2F...
+    await raw(backend, "session:dead").set(ours(expires=ago(1)))
+    assert await backend.count("session:") == 2
+    assert await backend.count("other/") == 1
+    assert await backend.count("none:") == 0
+
+    await raw(backend, KEY).update({"expires": ago(-100)})  # a touching load would restart it
+    at = await backend.expires_at(KEY)
+    assert at is not None
+    assert abs(at - (datetime.now(timezone.utc).timestamp() + 100)) < 2
+    assert await backend.expires_at(KEY) == at  # read, never touched
+    assert await backend.expires_at("session:nothing") is None
+    await raw(backend, "session:foreign").set({"val": PICKLE, "expires": FUTURE})
+    assert await backend.expires_at("session:foreign") is None
+
+
 # -- clients ----------------------------------------------------------------------------------
 
 
@@ -478,6 +549,9 @@ async def test_unused_client_closes_without_connecting(backend: FirestoreBackend
         ({"collection": 5}, TypeError, r"collection must be a str"),
         ({"collection": "a/b"}, ValueError, r"collection must be .*'a/b'"),
         ({"collection": ""}, ValueError, r"collection must be"),
+        ({"collection": "__sessions__"}, ValueError, r"collection: '__sessions__' is no id"),
+        ({"collection": "apps/../sessions"}, ValueError, r"collection: '\.\.' is no id"),
+        ({"collection": "s" * 1501}, ValueError, r"at most 1500 bytes"),
     ],
 )
 def test_bad_options(options: dict[str, Any], error: type[Exception], message: str) -> None:
