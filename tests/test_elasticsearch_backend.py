@@ -554,6 +554,60 @@ async def test_cleanup_deletes_expired_documents_in_bounded_batches(
     await close_loop_clients()
 
 
+async def purged(backend: ElasticsearchBackend, *, batch: int, dry_run: bool) -> list[int]:
+    return [step async for step in backend.purge("session:", batch=batch, dry_run=dry_run)]
+
+
+def plant_dead(probe: Probe, key: str) -> None:
+    probe.put(key, {"f": {"a": "1"}, "permanent": False, "ttl": 1, "expires": now_ms() - 1000})
+
+
+@pytest.mark.anyio
+async def test_purge_removes_expired_documents_in_bounded_batches(
+    backend: ElasticsearchBackend, probe: Probe
+) -> None:
+    assert await purged(backend, batch=2, dry_run=True) == []  # no index yet
+    assert await purged(backend, batch=2, dry_run=False) == []
+    await backend.store(KEY, create({"a": b"1"}))
+    for i in range(5):
+        plant_dead(probe, f"other:dead{i}")  # any prefix: dead whatever its key
+    probe.put("foreign", {"note": "no expires: never purged"})
+    assert await purged(backend, batch=2, dry_run=True) == [5]
+    assert probe.count() == 7  # a dry run removes nothing
+    assert await purged(backend, batch=2, dry_run=False) == [2, 2, 1]
+    assert probe.count() == 2
+    assert probe.get("foreign") is not None
+    assert await backend.load(KEY, touch=False) == Record({"a": b"1"})
+    assert await purged(backend, batch=2, dry_run=False) == []
+
+
+@pytest.mark.anyio
+async def test_count_by_prefix_and_expires_at(
+    backend: ElasticsearchBackend, probe: Probe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert await backend.count("session:") == 0  # no index yet
+    monkeypatch.setattr(es_module, "_SCROLL_SIZE", 2)  # several pages of the scroll
+    first = "session:0" + "x" * 42
+    for i in range(3):
+        await backend.store(f"session:{i}" + "x" * 42, create({"a": b"1"}))
+    await backend.store("other:" + "x" * 43, create({"a": b"1"}))
+    plant_dead(probe, "session:dead")
+    calls = spy(backend)
+    assert await backend.count("session:") == 3
+    assert calls.take()[-1] == "DELETE scroll"  # the server's scroll is let go
+    assert await backend.count("other:") == 1
+    assert await backend.count("none:") == 0
+
+    probe.edit(first, expires=now_ms() + 100_000)  # a touching load would restart it
+    at = await backend.expires_at(first)
+    assert at is not None
+    assert abs(at - (time.time() + 100)) < 2
+    assert await backend.expires_at(first) == at  # read, never touched
+    assert await backend.expires_at("session:nothing") is None
+    probe.put("session:foreign", {"note": "not ours"})
+    assert await backend.expires_at("session:foreign") is None
+
+
 @pytest.mark.anyio
 async def test_cleanup_failure_is_logged(opensearch_server: OpenSearchServer, index: str,
                                          caplog: pytest.LogCaptureFixture) -> None:
