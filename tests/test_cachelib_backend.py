@@ -107,6 +107,19 @@ def plant(backend: CacheLibBackend, key: str, record: dict[str, Any], ttl: int =
 # -- the store contract -----------------------------------------------------------------------
 
 
+async def test_expires_at_is_the_last_write_plus_the_lifetime(
+    backend: CacheLibBackend, key: str
+) -> None:
+    assert await backend.expires_at(key) is None
+    await backend.store(key, Write({"a": v(1)}, (), False, 600, create=True))
+    at = await backend.expires_at(key)
+    assert at is not None
+    assert abs(at - (time.time() + 600)) < 2
+    assert await backend.expires_at(key) == at  # read, never touched
+    assert backend._cache.set(key, b"not a record", timeout=60)
+    assert await backend.expires_at(key) is None
+
+
 async def test_round_trip(backend: CacheLibBackend, key: str) -> None:
     fields = {"user_id": v(42), "name": v("Zoë"), "odd name/..:": v([1, 2]), "nul\0in": v(None)}
     assert await backend.store(key, Write(fields, (), True, 60, create=True)) is True

@@ -262,6 +262,28 @@ def test_invalid_options_name_the_option(
         FilesystemBackend(**options)  # type: ignore[arg-type]
 
 
+def test_a_directory_that_is_a_file_is_refused_at_init(tmp_path: Path) -> None:
+    (tmp_path / "sessions").write_text("not a directory")
+    entry = {"cookie_name": "s", "session_type": "filesystem",
+             "directory": str(tmp_path / "sessions")}
+    with pytest.raises(ValueError, match=r"SESSION_CONFIG\[0\] 'directory'.* is a file"):
+        parse_config({"SESSION_CONFIG": [entry]}, instance_path=str(tmp_path))
+
+
+async def test_expires_at_reads_the_expiry_without_touching(
+    backend: FilesystemBackend, directory: Path
+) -> None:
+    assert await backend.expires_at(KEY) is None
+    await backend.store(KEY, Write({"a": b"1"}, (), False, 600, create=True))
+    age(only_record(directory), 500)
+    at = await backend.expires_at(KEY)
+    assert at is not None
+    assert abs(at - (time.time() + 100)) < 1
+    assert await backend.expires_at(KEY) == at  # read, never touched
+    only_record(directory).write_text("garbage")
+    assert await backend.expires_at(KEY) is None
+
+
 # -- updates apply only to a record that still exists, under its lock -------------------------
 
 

@@ -136,6 +136,18 @@ def key() -> str:
 # -- the store contract -----------------------------------------------------------------------
 
 
+async def test_expires_at_reads_the_expiry_without_touching(
+    backend: PeeweeBackend, probe: Probe, key: str
+) -> None:
+    assert await backend.expires_at(key) is None
+    await backend.store(key, Write({"a": v(1)}, (), False, 600, create=True))
+    probe.expires_in(key, 100)  # past half its lifetime: a touching load would restart it
+    at = await backend.expires_at(key)
+    assert at is not None
+    assert abs(at - (time.time() + 100)) < 2
+    assert await backend.expires_at(key) == at
+
+
 async def test_round_trip(backend: PeeweeBackend, probe: Probe, key: str) -> None:
     fields = {"user_id": v(42), "name": v("Zoë"), "odd name/..:'\"": v([1, 2]),
               "nul\0inside": v(None)}

@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import logging
 import secrets
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -243,6 +244,17 @@ def test_two_stores_on_one_table_need_their_own_prefixes(tmp_path: Path) -> None
 
 
 # -- the store on each database ---------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_expires_at_is_the_rows_expiry_in_unix_time(backend: SQLAlchemyBackend) -> None:
+    key = new_key()
+    assert await backend.expires_at(key) is None
+    assert await backend.store(key, Write({"a": v(1)}, (), False, 600, create=True))
+    at = await backend.expires_at(key)
+    assert at is not None
+    assert abs(at - (time.time() + 600)) < 2  # the database's clock is this machine's
+    assert await backend.expires_at(key) == at  # read, never touched
 
 
 @pytest.mark.anyio
