@@ -132,6 +132,37 @@ def test_fields_never_read_are_neither_decoded_nor_compared(
     assert calls == ["loads", "loads", "dumps", "dumps"]  # f7 and f8 only
 
 
+def test_a_write_serializes_and_compares_only_the_fields_it_touched(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncsessions.engine
+
+    dumped: list[Any] = []
+    real_dumps = asyncsessions.engine.dumps
+    monkeypatch.setattr(asyncsessions.engine, "dumps",
+                        lambda value: dumped.append(value) or real_dumps(value))
+    state = StoreState(sid=SID, cookie=SID,
+                       loaded={f"f{i}": dumps({"n": i}) for i in range(200)})
+    session = MultiStoreSession(None, [state], raw=state.loaded)
+    session["f1"]["n"] = -1  # nested mutation, no `modified`
+    session["new"] = "x"
+    session |= {"f2": 2}
+    del session["f3"]
+    session.pop("f4")
+    (op,) = engine().plan_save(session, KEYS).ops
+    assert op.write == Write({"f1": b'{"n":-1}', "new": b'"x"', "f2": b"2"}, ["f3", "f4"])
+    assert len(dumped) == 3
+
+
+def test_a_change_behind_the_sessions_back_is_still_saved() -> None:
+    state = StoreState(sid=SID, cookie=SID, loaded={"a": b"1", "b": b"2"})
+    session = MultiStoreSession(None, [state], raw=state.loaded)
+    dict.__setitem__(session, "c", 3)  # bypasses the session's own bookkeeping
+    dict.__delitem__(session, "a")
+    (op,) = engine().plan_save(session, KEYS).ops
+    assert op.write == Write({"c": b"3"}, ["a"])
+
+
 def test_an_unreadable_field_reads_as_absent_everywhere_and_is_removed(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

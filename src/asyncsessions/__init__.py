@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from .backends.base import Backend, ClientSideBackend, Record, Store, Write
 from .errors import SessionBackendError, SessionConfigWarning, SessionCookieTooLarge
-from .extension import Session
+from .extension import Session, revoke_sessions, revoke_sessions_async
 from .serialization import SerializationError
 from .session import MultiStoreSession, NullSession
 
@@ -27,6 +27,8 @@ __all__ = [
     "SessionMiddleware",
     "Store",
     "Write",
+    "revoke_sessions",
+    "revoke_sessions_async",
 ]
 __version__ = "0.1.0.dev0"
 

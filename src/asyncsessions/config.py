@@ -63,6 +63,8 @@ _COMMON_KEYS = frozenset(
         "read_flask_session",
         "on_error",
         "timeout",
+        "index_by",
+        "index_lifetime",
     }
 )
 
@@ -114,6 +116,10 @@ class StoreConfig:
     read_flask_session: bool
     on_error: Literal["raise", "degrade"]
     timeout: float
+    #: Fields whose value finds the store's sessions (``revoke_sessions``), and how long an
+    #: index record lives after the last write of a session it lists.
+    index_by: tuple[str, ...] = ()
+    index_lifetime: int = 0
 
     @property
     def name(self) -> str:
@@ -259,6 +265,13 @@ def _parse_entry(index: int, entry: Any, app: Mapping[str, Any]) -> StoreConfig:
                     SessionConfigWarning, stacklevel=4,
                 )
         lifetime = permanent_lifetime = max_age
+    index_by = _index_by(index, entry.get("index_by", ()), backend)
+    # Long enough that a session in use (it slides without a write) stays listed; writes of
+    # an indexed session restart it.
+    index_lifetime = _seconds(
+        index, "index_lifetime",
+        get("index_lifetime", (int, float, timedelta), 10 * max(lifetime, permanent_lifetime)),
+    ) if index_by else 0
     return StoreConfig(
         index=index,
         backend=backend,
@@ -283,7 +296,29 @@ def _parse_entry(index: int, entry: Any, app: Mapping[str, Any]) -> StoreConfig:
         read_flask_session=get("read_flask_session", bool, False),
         on_error=on_error,
         timeout=timeout,
+        index_by=index_by,
+        index_lifetime=index_lifetime,
     )
+
+
+def _index_by(index: int, value: Any, backend: Store) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(name, str) and name for name in value
+    ):
+        raise _entry_error(index, "index_by", "expected a list of field names")
+    if not value:
+        return ()
+    if not isinstance(backend, Backend):
+        raise _entry_error(index, "index_by", "a cookie store keeps no records to index: "
+                                              "index a server-side store")
+    if not backend.merges_fields or backend.may_evict:
+        reason = ("cannot merge concurrent writes" if not backend.merges_fields
+                  else "may drop records before they expire")
+        raise _entry_error(index, "index_by", f"this store {reason}, so its index would miss "
+                                              "sessions: index a database store")
+    return tuple(dict.fromkeys(value))
 
 
 def _seconds(index: int, key: str, value: int | float | timedelta) -> int:
@@ -396,6 +431,13 @@ def _check_together(stores: tuple[StoreConfig, ...]) -> None:
                     f"only one store may be 'auto' (SESSION_CONFIG[{auto}] already is)",
                 )
             auto = store.index
+        included = frozenset().union(
+            *(s.fields.names for s in stores if s.fields.mode == "include")
+        )
+        for name in store.index_by:
+            if not store.fields.owns(name, included):
+                raise _entry_error(store.index, "index_by",
+                                   f"field {name!r} is not kept by this store (session_fields)")
         try:
             store.backend.check_key_prefix(store.key_prefix)
         except ValueError as exc:

@@ -12,9 +12,9 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
@@ -24,6 +24,7 @@ from .backends.base import Backend, ClientSideBackend, Record, Write
 from .config import StoreConfig
 from .errors import SessionBackendError, SessionCookieTooLarge
 from .ids import IdCodec, new_id
+from .index import plan_index
 from .serialization import SerializationError, dumps
 from .session import LAZY, MultiStoreSession, NullSession, StoreState, UnavailableSession
 
@@ -34,6 +35,7 @@ logger = logging.getLogger("asyncsessions")
 #: Browsers drop cookies whose name, value and attributes exceed 4096 bytes.
 COOKIE_LIMIT = 4093
 _ROUTE_CACHE_SIZE = 4096
+_ABSENT: Any = object()
 
 
 @dataclass(slots=True, eq=False)
@@ -50,6 +52,11 @@ class Op:
     written: bool = True
     error: Exception | None = None
     seconds: float = 0.0
+    #: A load that must not restart the record's expiry (``touch=False``).
+    touch: bool = True
+    #: The ops that must follow this one, given its result (run in the next round).
+    then: Callable[[Op], list[Op]] | None = None
+    followed: list[Op] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -92,6 +99,7 @@ class Engine:
         #: Whether a new session starts permanent (``SESSION_PERMANENT``).
         self.permanent = permanent
         self.has_server_side = any(isinstance(s.backend, Backend) for s in stores)
+        self.indexed = any(s.index_by for s in stores)
         #: Stores that sign with the app's key: without one the session is a NullSession.
         self.needs_secret_key = any(
             isinstance(s.backend, ClientSideBackend) or s.use_signer for s in stores
@@ -100,6 +108,7 @@ class Engine:
             *(s.fields.names for s in stores if s.fields.mode == "include")
         )
         self._routes: dict[str, tuple[int, ...]] = {}
+        self._owned_cache: dict[frozenset[str], tuple[frozenset[str], ...]] = {}
         self._unrouted_warned: set[str] = set()
         self._codec_cache: tuple[tuple[str | bytes, ...], list[IdCodec]] | None = None
 
@@ -191,22 +200,7 @@ class Engine:
             return SavePlan([], [], vary=True)  # a failed load never leads to a write
         if isinstance(session, NullSession):
             return SavePlan([], [], vary=False)
-        per_store: list[dict[str, bytes]] = [{} for _ in self.stores]
-        reusable = session.reusable
-        loaded = session.raw
-        for key, value in dict.items(session):
-            if value is LAZY:
-                raw = loaded[key]  # never decoded, so unchanged
-            else:
-                # The very object that was decoded, and immutable: it serializes to the same.
-                known = reusable.get(key)
-                raw = known[1] if known is not None and known[0] is value else dumps(value)
-            owners = self._owners(key)
-            for index in owners:
-                per_store[index][key] = raw
-            if not owners and key not in self._unrouted_warned:
-                self._unrouted_warned.add(key)
-                logger.warning("session field %r belongs to no store and is not saved", key)
+        per_store, maybe_changed = self._fields_by_store(session)
 
         permanent = session._permanent
         force = session.forced
@@ -219,8 +213,11 @@ class Engine:
         codecs = self._id_codecs(secret_keys)
         ops: list[Op] = []
         cookies: list[Cookie] = []
+        #: Each store's session id once the save is done (``None``: no record).
+        sids_after: list[str | None] = [state.sid for state in session.states]
         rows = zip(self.stores, session.states, per_store, codecs, strict=True)
-        for store, state, fields, codec in rows:
+        for i, (store, state, fields, codec) in enumerate(rows):
+            sids_after[i] = state.sid if state.failed else None
             if state.failed:
                 if regenerate:
                     logger.warning(
@@ -260,10 +257,18 @@ class Engine:
                     continue  # a websocket has no response to carry the new id
                 sid = state.new_sid or new_id()  # the id session.sid showed, if it was asked
             assert sid is not None
-            changed = fields if force else {
-                k: v for k, v in fields.items() if loaded.get(k) != v
-            }
-            removed = [k for k in loaded if k not in fields]
+            sids_after[i] = sid
+            if maybe_changed is None:
+                changed = fields if force else {
+                    k: v for k, v in fields.items() if loaded.get(k) != v
+                }
+                removed = [k for k in loaded if k not in fields]
+            else:
+                changed = fields if force else {
+                    k: fields[k] for k in maybe_changed
+                    if k in fields and loaded.get(k) != fields[k]
+                }
+                removed = [k for k in maybe_changed if k in loaded and k not in fields]
             flag_changed = permanent != state.loaded_permanent
             write: Op | None = None
             if changed or removed or fresh or flag_changed:
@@ -287,10 +292,81 @@ class Engine:
             if (value != state.cookie or flag_changed or force
                     or (permanent and (write is not None or self.refresh))):
                 cookies.append(Cookie(store, value, permanent, write))
+        if self.indexed:
+            ops += plan_index(self, session.states, per_store, sids_after,
+                              wrote=any(op.kind == "store" for op in ops))
         if not can_set_cookies:
             cookies = []
         # Flask's rule: a response that read the session or carries its cookie varies by it.
         return SavePlan(ops, cookies, vary=session.accessed or bool(cookies))
+
+    def _fields_by_store(
+        self, session: MultiStoreSession
+    ) -> tuple[list[dict[str, bytes]], Collection[str] | None]:
+        """Each store's serialized fields after the request, and the keys that may differ
+        from what the stores loaded (``None``: any key may).
+
+        A field never decoded nor set is still the bytes its store loaded, so when the
+        loaded fields sit where the config routes them (the usual case) only the touched
+        keys are serialized and compared: the cost follows what the request used, not the
+        size of the session.
+        """
+        states = session.states
+        touched = session.touched
+        if not session.untracked and self._loaded_in_place(session):
+            per_store = [dict(state.loaded) for state in states]
+            for key in touched:
+                for fields in per_store:
+                    fields.pop(key, None)
+            present = set()
+            for key in touched:
+                value = dict.get(session, key, _ABSENT)
+                if value is not _ABSENT:
+                    present.add(key)
+                    self._route(key, self._serialized(session, key, value), per_store)
+            if dict.keys(session) == (session.raw.keys() - touched.keys()) | present:
+                return per_store, touched
+        # Something changed the dict behind the session's back: compare every field.
+        per_store = [{} for _ in self.stores]
+        for key, value in dict.items(session):
+            self._route(key, self._serialized(session, key, value), per_store)
+        return per_store, None
+
+    def _loaded_in_place(self, session: MultiStoreSession) -> bool:
+        """Whether every loaded field is in exactly the stores the config routes it to."""
+        raw = session.raw
+        states = session.states
+        if sum(len(state.loaded) for state in states) != len(raw):
+            return False  # a field in several stores: the first one's value wins, compare all
+        keys = frozenset(raw)
+        owned = self._owned_cache.get(keys)
+        if owned is None:
+            owned = tuple(
+                frozenset(k for k in keys if i in self._owners(k))
+                for i in range(len(self.stores))
+            )
+            if len(self._owned_cache) >= _ROUTE_CACHE_SIZE:
+                self._owned_cache.clear()
+            self._owned_cache[keys] = owned
+        return all(
+            owned_here == state.loaded.keys()
+            for owned_here, state in zip(owned, states, strict=True)
+        )
+
+    def _serialized(self, session: MultiStoreSession, key: str, value: Any) -> bytes:
+        if value is LAZY:
+            return session.raw[key]  # never decoded, so unchanged
+        # The very object that was decoded, and immutable: it serializes to the same.
+        known = session.reusable.get(key)
+        return known[1] if known is not None and known[0] is value else dumps(value)
+
+    def _route(self, key: str, raw: bytes, per_store: list[dict[str, bytes]]) -> None:
+        owners = self._owners(key)
+        for index in owners:
+            per_store[index][key] = raw
+        if not owners and key not in self._unrouted_warned:
+            self._unrouted_warned.add(key)
+            logger.warning("session field %r belongs to no store and is not saved", key)
 
     def _save_client_side(
         self,
@@ -359,9 +435,30 @@ class Engine:
     # -- I/O ----------------------------------------------------------------------------------
 
     async def run(self, ops: Sequence[Op]) -> None:
-        """Run the ops concurrently; failures are recorded on each op, never raised here."""
+        """Run the ops concurrently, then the ops they call for; failures are recorded on
+        each op, never raised here."""
+        while ops:
+            await self._run_round(ops)
+            following: list[Op] = []
+            for op in ops:
+                if op.then is not None and op.error is None:
+                    op.followed = op.then(op)
+                    following += op.followed
+            ops = following
+
+    async def _run_round(self, ops: Sequence[Op]) -> None:
         if len(ops) == 1:
             await self._run_one(ops[0])
+            return
+        if asyncio._get_running_loop() is not None:
+            # asyncio's own task group costs about a third of anyio's (measured: 53 vs 140 µs
+            # for three ops), and _run_one never raises, so gather is as safe on 3.10.
+            if sys.version_info >= (3, 11):
+                async with asyncio.TaskGroup() as atg:
+                    for op in ops:
+                        atg.create_task(self._run_one(op))
+            else:
+                await asyncio.gather(*(self._run_one(op) for op in ops))
             return
         async with anyio.create_task_group() as tg:
             for op in ops:
@@ -385,23 +482,25 @@ class Engine:
         backend = op.store.backend
         assert isinstance(backend, Backend)
         if op.kind == "load":
-            op.result = await backend.load(op.key, touch=self.refresh)
+            op.result = await backend.load(op.key, touch=self.refresh and op.touch)
         elif op.kind == "store":
             assert op.write is not None
             op.written = await backend.store(op.key, op.write)
         else:
             await backend.delete(op.key)
 
+    def raise_errors(self, ops: Sequence[Op]) -> None:
+        """Raise the first failure of ``ops`` (or of the ops they called for)."""
+        for op in _with_followers(ops):
+            if op.error is not None:
+                raise SessionBackendError(op.store.name, _failure(op, op.error)) from op.error
+
     def _raise_or_degrade(self, ops: Sequence[Op]) -> None:
-        for op in ops:
+        for op in _with_followers(ops):
             exc = op.error
             if exc is None:
                 continue
-            location = op.store.backend.location
-            message = f"{op.kind} failed" + (f" at {location}: " if location else ": ") + (
-                f"no answer within {op.store.timeout:g} s"
-                if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
-            )
+            message = _failure(op, exc)
             if op.store.on_error == "raise":
                 raise SessionBackendError(op.store.name, message) from exc
             logger.warning("session store %r degraded for this request: %s",
@@ -440,6 +539,21 @@ class Engine:
             ))
         self._codec_cache = (secret_keys, codecs)
         return codecs
+
+
+def _with_followers(ops: Sequence[Op]) -> list[Op]:
+    every = list(ops)
+    for op in every:  # grows as it goes: followers of followers too
+        every += op.followed
+    return every
+
+
+def _failure(op: Op, exc: Exception) -> str:
+    location = op.store.backend.location
+    return f"{op.kind} failed" + (f" at {location}: " if location else ": ") + (
+        f"no answer within {op.store.timeout:g} s"
+        if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+    )
 
 
 def _check_key(key: Any) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+from functools import partial
 from typing import Any
 
 from .config import parse_settings
 from .engine import Engine
+from .index import revoke
 
-__all__ = ["Session"]
+__all__ = ["Session", "revoke_sessions", "revoke_sessions_async"]
 
 
 class Session:
@@ -47,6 +49,32 @@ class Session:
 
             # ``flask sessions ...`` / ``quart sessions ...``
             cli.add_command(sessions_command(app, engine, quart=_is_quart(app)))
+
+
+def revoke_sessions(app: Any, **values: Any) -> int:
+    """Log out everywhere: delete every session whose indexed fields have these values.
+
+    ``revoke_sessions(app, user_id=42)`` deletes, in every store, each session that a store
+    with ``index_by=["user_id"]`` lists under 42, and returns how many there were. Callable
+    from Flask views, scripts and commands; in async code (Quart views, ASGI) await
+    :func:`revoke_sessions_async` instead.
+    """
+    from .bridge import get_bridge
+
+    engine = _engine(app)
+    return get_bridge().run(partial(revoke, engine, values))
+
+
+async def revoke_sessions_async(app: Any, **values: Any) -> int:
+    """:func:`revoke_sessions` on the running event loop."""
+    return await revoke(_engine(app), values)
+
+
+def _engine(app: Any) -> Engine:
+    engine = app.extensions.get("asyncsessions") if hasattr(app, "extensions") else None
+    if not isinstance(engine, Engine):
+        raise RuntimeError("asyncsessions.Session(app) was not called for this app")
+    return engine
 
 
 def _is_quart(app: Any) -> bool:

@@ -93,6 +93,11 @@ class MultiStoreSession(CallbackDict[str, Any], SessionMixin):
         self._regenerate = False
         #: Decoded immutable values and their serialized form, reused at save if untouched.
         self.reusable: dict[str, tuple[Any, bytes]] = {}
+        #: Keys decoded, set or removed since the load, in order: the only fields a save has
+        #: to serialize and compare (every other field is still the bytes that were loaded).
+        self.touched: dict[Any, None] = {}
+        #: A change the session could not attribute to keys: the save compares every field.
+        self.untracked = False
 
     def _decode(self, key: str) -> Any:
         """Decode a loaded field; an unreadable one is dropped (and removed at the save)."""
@@ -104,8 +109,10 @@ class MultiStoreSession(CallbackDict[str, Any], SessionMixin):
             store = next((s.store for s in self.states if key in s.loaded), "?")
             logger.warning("session store %r: dropped unreadable field %r", store, key)
             dict.__delitem__(self, key)
+            self.touched[key] = None
             raise KeyError(key) from None
         dict.__setitem__(self, key, value)
+        self.touched[key] = None
         if type(value) in _IMMUTABLE:
             self.reusable[key] = (value, raw)
         return value
@@ -196,10 +203,19 @@ class MultiStoreSession(CallbackDict[str, Any], SessionMixin):
                 return default
         return value
 
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.touched[key] = None
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.touched[key] = None
+        super().__delitem__(key)
+
     def setdefault(self, key: str, default: Any = None) -> Any:
         self.accessed = True
         if self.__contains__(key):
             return self.__getitem__(key)
+        self.touched[key] = None
         return super().setdefault(key, default)
 
     def pop(self, key: str, *default: Any) -> Any:
@@ -207,15 +223,28 @@ class MultiStoreSession(CallbackDict[str, Any], SessionMixin):
         if dict.get(self, key) is LAZY:
             with contextlib.suppress(KeyError):
                 self._decode(key)
+        self.touched[key] = None
         return super().pop(key, *default)
 
     def popitem(self) -> tuple[str, Any]:
         self.accessed = True
         self._decode_all()
+        self.untracked = True
         return super().popitem()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        items = dict(*args, **kwargs)
+        self.touched.update(dict.fromkeys(items))
+        super().update(items)
+
+    # dict's own ``|=`` bypasses the change callback (and so Flask's ``modified``).
+    def __ior__(self, other: Any) -> MultiStoreSession:  # type: ignore[override]
+        self.update(other)
+        return self
 
     def clear(self) -> None:
         self.cleared = self.accessed = True
+        self.untracked = True
         super().clear()
 
     def __contains__(self, key: object) -> bool:

@@ -173,6 +173,9 @@ class Backend(Store, ABC):
 
     #: Whether concurrent writes of different fields all survive (see the module docstring).
     merges_fields: ClassVar[bool] = True
+    #: Whether records may vanish before they expire (a cache under memory pressure): such a
+    #: store cannot keep a session index (``index_by``).
+    may_evict: ClassVar[bool] = False
 
     @abstractmethod
     async def load(self, key: str, *, touch: bool) -> Record | None:

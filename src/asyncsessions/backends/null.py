@@ -17,6 +17,8 @@ class NullBackend(Backend):
     ``on_error="degrade"`` such a write is logged and dropped instead.
     """
 
+    may_evict = True  # nothing written is ever found again
+
     async def load(self, key: str, *, touch: bool) -> Record | None:
         return None
 

@@ -1,0 +1,145 @@
+"""Log out everywhere: ``index_by`` and ``revoke_sessions``, on every store that can index."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app_fixtures import STORES, store_config
+from apps import Driver
+from asyncsessions import revoke_sessions, revoke_sessions_async
+from asyncsessions.config import parse_config
+
+#: Caches (memcached may evict, cachelib cannot merge) and cookies are refused an index.
+INDEXABLE = [k for k in STORES if k not in ("secure_cookie", "memcache", "cachelib")]
+
+
+@pytest.fixture(params=INDEXABLE)
+def indexed(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """The app config: the store under test keeps ``user_id`` and indexes it; a second
+    (filesystem) store keeps every other field, so a session has two records."""
+    entry = store_config(request, str(request.param), tmp_path)
+    return {"SESSION_CONFIG": [
+        {"cookie_name": "auth", **entry, "session_fields": ["user_id", "role"],
+         "index_by": ["user_id"]},
+        {"cookie_name": "prefs", "session_type": "filesystem",
+         "directory": str(tmp_path / "prefs"), "session_fields": "auto"},
+    ]}
+
+
+def login(config: dict[str, Any], framework: str, user: int, **more: Any) -> Driver:
+    device = Driver(framework, config)
+    device.post("set", {"theme": "dark"})
+    assert device.post("regenerate", {"user_id": user, **more}).status == 200
+    assert device.show()["user_id"] == repr(user)
+    return device
+
+
+def test_revoke_logs_a_user_out_of_every_device_and_every_store(
+    indexed: dict[str, Any],
+) -> None:
+    phone, laptop = login(indexed, "flask", 42), login(indexed, "flask", 42, role="admin")
+    other = login(indexed, "flask", 7)
+    try:
+        prefs_dir = Path(indexed["SESSION_CONFIG"][1]["directory"])
+        assert sum(1 for _ in prefs_dir.iterdir()) == 3
+        assert revoke_sessions(phone.app, user_id=42) == 2
+        assert phone.show() == {}  # both devices, both stores
+        assert laptop.show() == {}
+        assert other.show() == {"theme": "'dark'", "user_id": "7"}
+        assert sum(1 for _ in prefs_dir.iterdir()) == 1  # the theme records went too
+        assert revoke_sessions(phone.app, user_id=42) == 0
+    finally:
+        for device in (phone, laptop, other):
+            device.close()
+
+
+def test_logout_and_a_change_of_user_leave_the_index(indexed: dict[str, Any]) -> None:
+    first, second = login(indexed, "flask", 42), login(indexed, "flask", 42)
+    try:
+        first.post("clear")
+        second.post("set", {"user_id": 8})  # the same session now belongs to user 8
+        assert revoke_sessions(first.app, user_id=42) == 0
+        assert second.show()["user_id"] == "8"
+        assert revoke_sessions(first.app, user_id=8) == 1
+        assert second.show() == {}
+    finally:
+        first.close()
+        second.close()
+
+
+@pytest.mark.parametrize("kind", ["redis", "filesystem"])
+def test_quart_apps_revoke_on_their_own_loop(kind: str, request: pytest.FixtureRequest,
+                                              tmp_path: Path) -> None:
+    entry = store_config(request, kind, tmp_path)
+    config = {"SESSION_CONFIG": [{"cookie_name": "auth", **entry, "index_by": "user_id"}]}
+    device = login(config, "quart", 5)
+    try:
+        async def revoke() -> int:
+            return await revoke_sessions_async(device.app, user_id=5)
+
+        assert device.loop.run_until_complete(revoke()) == 1
+        assert device.show() == {}
+    finally:
+        device.close()
+
+
+def test_values_are_matched_by_type_as_stored(tmp_path: Path) -> None:
+    config = {"SESSION_CONFIG": [{"cookie_name": "auth", "session_type": "filesystem",
+                                  "directory": str(tmp_path), "index_by": ["user_id"]}]}
+    device = login(config, "flask", 42)
+    try:
+        assert revoke_sessions(device.app, user_id="42") == 0
+        with pytest.raises(ValueError, match="no store has 'email' in its index_by"):
+            revoke_sessions(device.app, email="a@example.com")
+        assert revoke_sessions(device.app, user_id=42) == 1
+    finally:
+        device.close()
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ({"session_type": "secure_cookie"}, "a cookie store keeps no records"),
+    ({"session_type": "memcache"}, "may drop records before they expire"),
+    ({"session_type": "null"}, "may drop records before they expire"),
+    ({"session_type": "filesystem", "session_fields": ["cart"]},
+     "field 'user_id' is not kept by this store"),
+    ({"session_type": "filesystem", "index_by": [1]}, "expected a list of field names"),
+])
+def test_stores_that_cannot_keep_an_index_are_refused(
+    entry: dict[str, Any], message: str, tmp_path: Path
+) -> None:
+    config = {"SESSION_CONFIG": [{"cookie_name": "s", "index_by": ["user_id"], **entry}]}
+    with pytest.raises(ValueError, match=rf"SESSION_CONFIG\[0\] 'index_by'.*{message}"):
+        parse_config(config, instance_path=str(tmp_path))
+
+
+def test_a_cachelib_store_cannot_keep_an_index(tmp_path: Path) -> None:
+    cachelib = pytest.importorskip("cachelib")
+    config = {"SESSION_CONFIG": [{
+        "cookie_name": "s", "session_type": "cachelib", "index_by": ["user_id"],
+        "client": cachelib.FileSystemCache(str(tmp_path)),
+    }]}
+    with pytest.raises(ValueError, match="cannot merge concurrent writes"):
+        parse_config(config, instance_path=str(tmp_path))
+
+
+def test_entries_of_sessions_long_gone_are_pruned_at_the_next_login(tmp_path: Path) -> None:
+    config = {"SESSION_CONFIG": [{
+        "cookie_name": "auth", "session_type": "filesystem", "directory": str(tmp_path),
+        "index_by": ["user_id"], "session_lifetime": 1, "index_lifetime": 1,
+    }]}
+    gone = login(config, "flask", 42)
+    gone.close()  # the browser is gone: its session is never logged out
+    asyncio.run(asyncio.sleep(0.7))
+    login(config, "flask", 42).close()  # keeps the index record alive
+    asyncio.run(asyncio.sleep(0.5))
+    new = login(config, "flask", 42)
+    try:
+        [index] = [p for p in tmp_path.iterdir() if "%7E" in p.name]  # "~": an index key
+        assert len(json.loads(index.read_bytes())["fields"]) == 2  # the first entry went
+    finally:
+        new.close()
