@@ -25,19 +25,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import pickle
 import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import anyio
 import boto3
+import botocore.session
+import flask
+import msgspec
 import pytest
 from aiobotocore.session import AioSession
 from botocore.exceptions import ClientError, EndpointConnectionError
 
+from asyncsessions import Session
 from asyncsessions.backends import dynamodb as dynamodb_module
 from asyncsessions.backends.base import Record, Write, close_loop_clients, masked
 from asyncsessions.backends.dynamodb import DynamoDBBackend
@@ -688,7 +694,11 @@ def test_one_client_per_event_loop(dynamodb_server: MotoServer, table: str, key:
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("client", object(), r"'client': client must be a DynamoDB client or session"),
+        ("client", object(), r"'client': client must be a DynamoDB client, resource or "
+                             "session"),
+        ("client", botocore.session.Session(profile="no-such-profile"),
+         r"'client': client: cannot read the session's configuration: The config profile "
+         r"\(no-such-profile\) could not be found"),
         ("client", boto3.client("s3", region_name="us-east-1"),
          r"'client': client must be a DynamoDB client, not one for 's3'"),
         ("table", "ab", "'table': table must be a DynamoDB table name"),
@@ -697,6 +707,17 @@ def test_one_client_per_event_loop(dynamodb_server: MotoServer, table: str, key:
         ("create_table", "yes", "'create_table': create_table must be True or False"),
         ("region_name", "", "'region_name': region_name must be a non-empty str"),
         ("endpoint_url", "127.0.0.1:8000", "'endpoint_url': endpoint_url must be an http"),
+        ("endpoint_url", "http://", "'endpoint_url': endpoint_url must be an http:// or "
+                                    r"https:// URL with a host, like http://127.0.0.1:8000"),
+        ("endpoint_url", "http://local host:8000", "'endpoint_url': endpoint_url must be"),
+        ("endpoint_url", "http://localhost:80x0", r"'endpoint_url': endpoint_url "
+                                                  "'http://localhost:80x0': Port could not"),
+        ("endpoint_url", "http://[::1", r"'endpoint_url': endpoint_url 'http://\[::1': "
+                                        "Invalid IPv6 URL"),
+        ("region_name", "eu west 1", r"'region_name': region_name 'eu west 1' is no AWS "
+                                     r"region name \(like 'eu-west-1'\)"),
+        ("region_name", "https://dynamodb.eu-west-1.amazonaws.com",
+         "'region_name': region_name 'https://dynamodb.eu-west-1.amazonaws.com' is no AWS"),
         ("aws_access_key_id", "AKIA", "'aws_access_key_id': aws_access_key_id and "
                                       "aws_secret_access_key go together"),
         ("aws_session_token", "tok", "'aws_session_token': aws_session_token needs"),
@@ -708,6 +729,33 @@ def test_bad_options_name_the_key(option: str, value: Any, message: str) -> None
         entry["region_name"] = "eu-west-1"
     with pytest.raises(ValueError, match=r"SESSION_CONFIG\[0\] " + message):
         parse_config({"SESSION_CONFIG": [entry]}, instance_path="/tmp")
+
+
+def test_a_region_from_the_environment_is_checked_at_init(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu_west_1")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    with pytest.raises(ValueError, match=r"region_name 'eu_west_1' is no AWS region name .* "
+                                         "AWS_DEFAULT_REGION"):
+        DynamoDBBackend()
+
+
+@pytest.mark.anyio
+async def test_a_boto3_resource_is_taken_for_its_client(
+    dynamodb_server: MotoServer, table: str, key: str
+) -> None:
+    # What Flask-Session 0.8's users pass as SESSION_DYNAMODB.
+    resource = boto3.resource("dynamodb", **dynamodb_server.credentials)
+    backend = DynamoDBBackend(client=resource, table=table)
+    assert backend.location == (f"dynamodb://us-east-1/{table} via "
+                                f"{dynamodb_server.endpoint_url}")
+    await backend.store(key, create({"a": v(1)}))
+    assert await backend.load(key, touch=False) == Record({"a": v(1)})
+    await close_loop_clients()
+    resource.meta.client.close()
+    with pytest.raises(TypeError, match="not one for 's3'"):
+        DynamoDBBackend(client=boto3.resource("s3", region_name="us-east-1"))
 
 
 def test_client_and_settings_together_are_refused() -> None:
@@ -819,3 +867,219 @@ def test_a_big_session_is_a_backend_error_naming_the_store(
             "ValueError: session too large for DynamoDB: an item holds at most 400 KB"
             in caplog.text)
     assert "sid" not in d.cookies()
+
+
+# -- Flask-Session 0.8's items (read_flask_session) -------------------------------------------
+
+
+def their_item(value: bytes, expires: float, *, clock: float | None = None) -> dict[str, Any]:
+    """Flask-Session 0.8's item: ``expiration`` dated as it does (``utcnow().timestamp()``)."""
+    now = datetime.utcnow().timestamp() if clock is None else clock
+    return {"val": {"B": value}, "expiration": {"N": str(Decimal(now + expires))}}
+
+
+@pytest.fixture
+def reading(backend: DynamoDBBackend) -> DynamoDBBackend:
+    backend.bind(name="sid", instance_path="")
+    backend.reads_flask_session = True
+    return backend
+
+
+@pytest.mark.anyio
+async def test_their_live_item_is_read_and_only_a_write_replaces_it(
+    reading: DynamoDBBackend, probe: Any, table: str, key: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await reading.store("warm:" + new_id(), create({"a": v(1)}))  # the table
+    probe.put_item(TableName=table, Item={"id": {"S": key}, **their_item(
+        msgspec.msgpack.encode({"_permanent": True, "_user_id": "42"}), 3600)})
+    before = item(probe, table, key)
+    with caplog.at_level(logging.WARNING, "asyncsessions"):
+        assert await reading.load(key, touch=True) == Record(
+            {"_user_id": v("42")}, True, foreign=True)
+    assert caplog.records == []
+    assert item(probe, table, key) == before  # not touched
+    assert await reading.store(key, Write({"b": v(1)}, ["a"])) is False  # only a create
+    assert await reading.expires_at(key) == pytest.approx(time.time() + 3600, abs=5)
+    assert await reading.store(key, create({"_user_id": v("42")}, permanent=True)) is True
+    stored = item(probe, table, key)
+    assert stored is not None
+    assert "val" not in stored
+    assert await reading.load(key, touch=False) == Record({"_user_id": v("42")}, True)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("value", "reason"), [
+    (pickle.dumps({"_permanent": True, "_user_id": "42"}), "a pickle"),
+    (b"\xc1", "neither msgpack nor JSON"),
+    (None, "without a binary val"),
+])
+async def test_their_unreadable_items_are_no_session_and_left_alone(
+    reading: DynamoDBBackend, probe: Any, table: str, key: str, value: bytes | None,
+    reason: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    await reading.store("warm:" + new_id(), create({"a": v(1)}))
+    planted = their_item(value or b"", 3600)
+    if value is None:
+        planted["val"] = {"S": "text"}
+    probe.put_item(TableName=table, Item={"id": {"S": key}, **planted})
+    before = item(probe, table, key)
+    with caplog.at_level(logging.WARNING, "asyncsessions"):
+        assert await reading.load(key, touch=True) is None
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1
+    assert f"unreadable record {masked(key)!r}" in lines[0]
+    assert reason in lines[0]
+    assert item(probe, table, key) == before
+
+
+@pytest.mark.anyio
+async def test_their_expiration_is_read_on_their_clock(
+    reading: DynamoDBBackend, probe: Any, table: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Flask-Session dates expiration with datetime.utcnow().timestamp(): on a machine five
+    # hours behind UTC, five hours late. Read there, its sessions end when they did there.
+    monkeypatch.setenv("TZ", "EST+05")
+    time.tzset()
+    try:
+        assert datetime.utcnow().timestamp() - time.time() == pytest.approx(5 * 3600, abs=5)
+        value = msgspec.msgpack.encode({"_permanent": True, "_user_id": "42"})
+        live, dead = "session:" + new_id(), "session:" + new_id()
+        await reading.store("warm:" + new_id(), create({"a": v(1)}))
+        probe.put_item(TableName=table, Item={"id": {"S": live}, **their_item(value, 60)})
+        probe.put_item(TableName=table, Item={"id": {"S": dead}, **their_item(value, -60)})
+        assert await reading.load(live, touch=False) is not None
+        assert await reading.load(dead, touch=False) is None
+        assert await reading.expires_at(live) == pytest.approx(time.time() + 60, abs=5)
+        assert await reading.expires_at(dead) is None
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+# -- count, purge, expires_at (the CLI's) -----------------------------------------------------
+
+
+def expire(probe: Any, table: str, key: str, ago: float = 10) -> None:
+    """What TTL has not deleted yet: an item of ours that ended ``ago`` seconds ago."""
+    edit(probe, table, key, "SET #x = :e", {":e": {"N": str(time.time() - ago)}}, {"#x": "ends"})
+
+
+@pytest.mark.anyio
+async def test_count_purge_and_expires_at(
+    reading: DynamoDBBackend, probe: Any, table: str, calls: Calls
+) -> None:
+    prefix, other = "p:", "q:"
+    live = [prefix + new_id() for _ in range(2)]
+    dead = [prefix + new_id() for _ in range(5)]
+    for key in [*live, *dead, other + new_id(), other + new_id()]:
+        assert await reading.store(key, create({"a": v(1)}, ttl=600))
+    for key in dead:
+        expire(probe, table, key)
+    value = msgspec.msgpack.encode({"_permanent": True, "u": 1})
+    theirs_live, theirs_dead = prefix + new_id(), prefix + new_id()
+    probe.put_item(TableName=table, Item={"id": {"S": theirs_live}, **their_item(value, 600)})
+    probe.put_item(TableName=table, Item={"id": {"S": theirs_dead}, **their_item(value, -10)})
+    # Not a session of anyone's (damaged at the top): neither counted nor deleted.
+    odd = prefix + new_id()
+    probe.put_item(TableName=table, Item={"id": {"S": odd}, **ours(ends={"N": "1"},
+                                                                  f={"S": "x"})})
+
+    assert await reading.count(prefix) == 3  # two of ours, one of theirs
+    assert await reading.count(other) == 2
+    assert await reading.count("") == 5
+    assert await reading.expires_at(live[0]) == pytest.approx(time.time() + 600, abs=5)
+    assert await reading.expires_at(dead[0]) is None
+    assert await reading.expires_at(odd) is None
+    assert await reading.expires_at(prefix + new_id()) is None
+
+    calls.take()
+    assert [n async for n in reading.purge(prefix, batch=2, dry_run=True)] == [6]
+    assert [n for n in calls.take() if n != "Scan"] == []  # a dry run deletes nothing
+    steps = [n async for n in reading.purge(prefix, batch=2, dry_run=False)]
+    assert steps == [2, 2, 2]  # six dead, at most two per step
+    assert calls.take().count("DeleteItem") == 6
+    for key in [*dead, theirs_dead]:
+        assert item(probe, table, key) is None
+    for key in [*live, theirs_live, odd]:
+        assert item(probe, table, key) is not None
+    assert await reading.count(prefix) == 3
+    assert [n async for n in reading.purge(prefix, batch=2, dry_run=True)] == []
+
+    # Without read_flask_session their items are nobody's here: neither counted nor purged.
+    reading.reads_flask_session = False
+    probe.put_item(TableName=table, Item={"id": {"S": theirs_dead}, **their_item(value, -10)})
+    assert await reading.count(prefix) == 2
+    assert [n async for n in reading.purge(prefix, batch=10, dry_run=False)] == []
+    assert item(probe, table, theirs_dead) is not None
+
+
+@pytest.mark.anyio
+async def test_purge_leaves_a_session_revived_since_the_scan(
+    backend: DynamoDBBackend, probe: Any, table: str, key: str
+) -> None:
+    await backend.store(key, create({"a": v(1)}))
+    expire(probe, table, key)
+    pages = backend._scan("session:", "<=", ProjectionExpression="#k")
+    first = await pages.__anext__()
+    assert [i["id"]["S"] for i in first["Items"]] == [key]
+    await pages.aclose()
+    # Between the scan and the delete a request writes it: it lives again.
+    await backend.store(key, create({"a": v(2)}))
+    assert await backend._delete_dead(key) == 0
+    assert await backend.load(key, touch=False) == Record({"a": v(2)})
+
+
+def cli_app(entry: dict[str, Any]) -> flask.Flask:
+    app = flask.Flask(__name__)
+    app.secret_key = "test"
+    app.config["SESSION_CONFIG"] = [{**entry, "cookie_name": "s"}]
+
+    @app.get("/set/<value>")
+    def set_value(value: str) -> str:
+        flask.session["value"] = value
+        return "ok"
+
+    Session(app)
+    return app
+
+
+def test_the_cli_counts_shows_and_purges(dynamodb_server: MotoServer, probe: Any,
+                                         table: str) -> None:
+    entry = {"session_type": "dynamodb", "table": table, "key_prefix": "cli:",
+             **dynamodb_server.credentials}
+    app = cli_app(entry)
+    ids = []
+    for value in ("live", "dead1", "dead2", "dead3"):
+        with app.test_client() as client:
+            assert client.get(f"/set/{value}").status_code == 200
+            ids.append(str(client.get_cookie("s").value).split(".")[0])
+    for sid in ids[1:]:
+        expire(probe, table, "cli:" + sid)
+    runner = app.test_cli_runner()
+    invoke = lambda *args: runner.invoke(args=["sessions", *args])  # noqa: E731
+
+    result = invoke("count")
+    assert result.exit_code == 0, result.output
+    assert f"s (dynamodb://us-east-1/{table} via {dynamodb_server.endpoint_url}): 1 live" in (
+        result.output)
+    assert "'value': 'live'" in invoke("show", "--", ids[0]).output
+    assert "no session" in invoke("show", "--", ids[1]).output
+    assert "would remove 3 expired" in invoke("purge", "--dry-run").output
+    result = invoke("purge", "--batch", "2")
+    assert result.exit_code == 0, result.output
+    assert "removed 3 expired" in result.output
+    assert "would remove 0 expired" in invoke("purge", "--dry-run").output
+    assert ": 1 live" in invoke("count").output
+    assert [item(probe, table, "cli:" + sid) is None for sid in ids] == [False, True, True, True]
+
+
+def test_the_cli_reports_a_missing_table_without_creating_it(
+    dynamodb_server: MotoServer, probe: Any, table: str
+) -> None:
+    app = cli_app({"session_type": "dynamodb", "table": table, "create_table": False,
+                   **dynamodb_server.credentials})
+    result = app.test_cli_runner().invoke(args=["sessions", "count"])
+    assert result.exit_code == 1
+    assert "ResourceNotFoundException" in result.output
+    assert table not in probe.list_tables()["TableNames"]

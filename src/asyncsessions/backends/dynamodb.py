@@ -590,19 +590,22 @@ class DynamoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[_Connection
         ``op`` now: live (``">"``) or dead (``"<="``), with its names and values."""
         names = dict(_NAMES)
         values: dict[str, AttributeValueTypeDef] = {**_TYPES, ":now": _time(time.time())}
-        kinds = [f"({_OURS} AND #x {op} :now)"]
+        condition = f"{_OURS} AND #x {op} :now"
         if self.reads_flask_session:
             names.update(_THEIR_NAMES)
             values.update({**_THEIR_TYPES, ":then": _time(_their_now())})
-            kinds.append(f"({_THEIRS} AND #xp {op} :then)")
-        return " OR ".join(kinds), names, values
+            # (DynamoDB refuses redundant parentheses, so only here.)
+            condition = f"({condition}) OR ({_THEIRS} AND #xp {op} :then)"
+        return condition, names, values
 
     async def _scan(self, prefix: str, op: Literal[">", "<="],
                     **options: Any) -> AsyncIterator[Mapping[str, Any]]:
         """The pages of a scan for items under ``prefix`` that :meth:`_ended` with ``op``."""
         condition, names, values = self._ended(op)
         if prefix:  # DynamoDB refuses unused placeholders: #k and :prefix only if used
-            condition = f"begins_with(#k, :prefix) AND ({condition})"
+            if self.reads_flask_session:  # an OR
+                condition = f"({condition})"
+            condition = f"begins_with(#k, :prefix) AND {condition}"
             values[":prefix"] = {"S": prefix}
         if prefix or "ProjectionExpression" in options:
             names["#k"] = _KEY
