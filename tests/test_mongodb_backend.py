@@ -32,7 +32,7 @@ from bson.raw_bson import RawBSONDocument
 from motor.motor_asyncio import AsyncIOMotorClient
 from pymongo import monitoring
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import OperationFailure
+from pymongo.errors import OperationFailure, ServerSelectionTimeoutError
 
 from apps import Driver
 from asyncsessions.backends.base import Record, Write, close_loop_clients, masked
@@ -231,6 +231,89 @@ async def test_write_keeping_the_flag_moves_the_index_date_only_when_it_lags(
     assert (doc["ttl"], doc["permanent"]) == (1000, 0)
     assert await backend.store(key, Write({"d": b"4"})) is True
     assert commands.take() == ["findAndModify"]  # moved far enough for the next ttl / 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("flag", [None, True])
+async def test_write_after_a_load_is_one_update_that_also_moves_the_index_date(
+    watched: tuple[MongoDBBackend, Commands], key: str, probe: Any, flag: bool | None
+) -> None:
+    backend, commands = watched
+    await backend.store(key, create({"a": b"1", "gone": b"0"}, ttl=1000))
+    now = time.time()
+    probe.update_one({"_id": key}, {"$set": {"touched": now - 600, "expires_at": now + 900}})
+    assert await backend.load(key, touch=False) is not None
+    commands.take()
+    write = Write({"b": b"2"}, ["gone"], flag, None if flag is None else 5000)
+    assert await backend.store(key, write) is True
+    assert commands.take() == ["update"]
+    doc = probe.find_one({"_id": key})
+    assert doc["f"] == {"a": "1", "b": "2"}
+    assert (doc["ttl"], doc["permanent"]) == ((1000, 0) if flag is None else (5000, 1))
+    assert doc["touched"] >= now - 0.001
+    assert doc["expires_at"] >= doc["touched"] + doc["ttl"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("meanwhile", ["lifetime changed", "logged out", "expired"])
+async def test_write_after_a_load_leaves_what_changed_meanwhile_to_the_checked_update(
+    watched: tuple[MongoDBBackend, Commands], key: str, probe: Any, meanwhile: str
+) -> None:
+    backend, commands = watched
+    await backend.store(key, create({"a": b"1"}, ttl=1000))
+    assert await backend.load(key, touch=False) is not None
+    if meanwhile == "lifetime changed":  # another request made the session permanent
+        probe.update_one({"_id": key}, {"$set": {"ttl": 50000, "permanent": 1}})
+    elif meanwhile == "logged out":
+        probe.delete_one({"_id": key})
+    else:
+        probe.update_one({"_id": key}, {"$set": {"touched": time.time() - 1001}})
+    commands.take()
+    written = await backend.store(key, Write({"b": b"2"}))
+    assert commands.take()[:2] == ["update", "findAndModify"]
+    assert written is (meanwhile == "lifetime changed")
+    doc = probe.find_one({"_id": key})
+    if meanwhile == "lifetime changed":
+        assert (doc["f"], doc["ttl"], doc["permanent"]) == ({"a": "1", "b": "2"}, 50000, 1)
+    elif meanwhile == "logged out":
+        assert doc is None  # never resurrected
+    else:
+        assert doc["f"] == {"a": "1"}  # an expired record is not revived
+
+
+@pytest.mark.anyio
+async def test_expires_at_is_touched_plus_ttl_without_touching(
+    backend: MongoDBBackend, key: str, probe: Any
+) -> None:
+    assert await backend.expires_at(key) is None
+    await backend.store(key, create({"a": b"1"}, ttl=1000))
+    earlier = time.time() - 600
+    probe.update_one({"_id": key}, {"$set": {"touched": earlier}})
+    assert await backend.expires_at(key) == pytest.approx(earlier + 1000)
+    assert probe.find_one({"_id": key})["touched"] == pytest.approx(earlier)  # not refreshed
+    probe.update_one({"_id": key}, {"$set": {"touched": earlier - 500}})
+    assert await backend.expires_at(key) is None  # expired: no session
+
+
+@pytest.mark.anyio
+async def test_a_server_that_is_down_fails_within_the_store_timeout() -> None:
+    backend = MongoDBBackend(url="mongodb://127.0.0.1:1")
+    started = time.monotonic()
+    try:
+        with pytest.raises(ServerSelectionTimeoutError):
+            await backend.load("k", touch=False)
+    finally:
+        await close_loop_clients()
+    assert time.monotonic() - started < 4  # the engine's default timeout is 5 s
+    # A URL that says how long to wait is followed.
+    given = MongoDBBackend(url="mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=300")
+    started = time.monotonic()
+    try:
+        with pytest.raises(ServerSelectionTimeoutError):
+            await given.load("k", touch=False)
+    finally:
+        await close_loop_clients()
+    assert time.monotonic() - started < 1.5
 
 
 @pytest.mark.anyio

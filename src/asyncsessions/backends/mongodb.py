@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
@@ -39,6 +40,11 @@ _PROJECTION = {"f": 1, "permanent": 1, "ttl": 1, "touched": 1}
 # The last date a datetime holds; an absurd ttl's index date stops there.
 _LAST_TIMESTAMP = datetime(9999, 12, 31, tzinfo=timezone.utc).timestamp()
 _BAD_DB_CHARS = frozenset(' ./\\"$\0')
+# PyMongo waits 30 s by default for a server to appear, far past a store's timeout (5 s by
+# default), so a server that is down would read as a timeout, not as the driver's error.
+_SERVER_SELECTION_MS = 2000
+# Lifetimes loads read, by key, for the write that usually follows in the request.
+_REMEMBER_TTLS = 4096
 
 
 class MongoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[AsyncClient]):
@@ -48,7 +54,9 @@ class MongoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[AsyncClient]
     sync ``pymongo.MongoClient``: each event loop gets an ``AsyncMongoClient`` built from the
     same constructor arguments (Motor's too: its sync delegate holds them, and PyMongo's
     async client replaces Motor, which is deprecated). Otherwise ``url``, default
-    ``mongodb://127.0.0.1:27017``. Sessions go to ``db``.``collection``.
+    ``mongodb://127.0.0.1:27017``, with ``serverSelectionTimeoutMS=2000`` unless the URL
+    sets one (so a server that is down fails with PyMongo's error inside the store's
+    timeout). Sessions go to ``db``.``collection``.
 
     One document per session::
 
@@ -58,12 +66,14 @@ class MongoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[AsyncClient]
     Field names are percent-escaped (``%``, ``.``, ``$``, NUL) and values kept as strings,
     so nothing is converted. A document of any other shape (another library's, or damaged)
     reads as no session, with a warning, and is left as it is; only a new session's write
-    replaces it. A new session is one ``replace_one`` (upsert). Any other write is one
-    ``find_one_and_update`` (``$set`` the changed fields, ``$unset`` the removed ones) whose
-    filter admits only a live record of this store's shape: concurrent requests that change
-    different fields all survive, and a record deleted, expired or replaced meanwhile is
-    left alone. A write that removed the last field then deletes the record if it is still
-    empty.
+    replaces it. A new session is one ``replace_one`` (upsert). Any other write sets
+    the changed fields and unsets the removed ones, so concurrent requests that change
+    different fields all survive, and applies only to a live record of this store's shape,
+    so a record deleted, expired or replaced meanwhile is left alone: after a load in this
+    process (the usual request) it is one ``update_one`` filtered on the lifetime the load
+    read; otherwise, or if that matched nothing, one ``find_one_and_update`` whose filter
+    checks the record's shape and liveness on the server. A write that removed the last
+    field then deletes the record if it is still empty.
 
     A session is live while ``now < touched + ttl``; ``ttl`` is stored because a permanent
     session's differs and only the record knows which it has. A read is one ``find_one``
@@ -75,7 +85,7 @@ class MongoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[AsyncClient]
     update pipeline can, but not on every server that speaks the protocol), so ``expires``
     is written as ``now + 1.5 * ttl``, mirrored by the number ``expires_at``, and a write
     that finds it before its own new expiry moves it on with a second update, at most once
-    per ``ttl / 2``. Dead records linger up to ``ttl / 2`` (plus the monitor's minute) but
+    per ``ttl / 2`` (a write after a load knows the ttl and sets both in its one update). Dead records linger up to ``ttl / 2`` (plus the monitor's minute) but
     are never read. Times come from the app servers' clocks.
 
     With ``reads_flask_session``, a key with no record of this store is looked up as
@@ -111,6 +121,7 @@ class MongoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[AsyncClient]
         settings = _settings(client, url)
         self._make = _cloner(settings)
         self.location = f"{_servers(settings)}/{db}.{collection}"
+        self._ttls = _Ttls()
 
     def _new_client(self) -> AsyncClient:
         return self._make()
@@ -138,6 +149,7 @@ class MongoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[AsyncClient]
         touched, ttl = doc["touched"], doc["ttl"]
         if not touched + ttl > now:
             return None
+        self._ttls.put(key, ttl)
         if touch and now - touched > ttl / 2:
             # Skipped if the record expired or was written (and so restarted) meanwhile.
             await sessions.update_one(
@@ -177,7 +189,9 @@ class MongoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[AsyncClient]
                 # Flask-Session's document of a session rewritten here: never read again.
                 await sessions.delete_many({"id": key})
         else:
-            written = await _update(sessions, key, write, now)
+            ttl = self._ttls.take(key)
+            written = ttl is not None and await _update_loaded(sessions, key, write, now, ttl)
+            written = written or await _update(sessions, key, write, now)
         if written and self._index_pending:
             self._index_pending = False
             await _create_ttl_index(sessions, flask_session_ids=self.reads_flask_session)
@@ -211,7 +225,19 @@ class MongoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[AsyncClient]
             if len(ids) < batch:
                 return
 
+    async def expires_at(self, key: str) -> float | None:
+        doc = await self._sessions().find_one({"_id": key}, projection=_PROJECTION)
+        if doc is None:
+            return None
+        try:
+            _record(doc)
+        except _NotOurs:
+            return None
+        expires = float(doc["touched"] + doc["ttl"])
+        return expires if expires > time.time() else None
+
     async def delete(self, key: str) -> None:
+        self._ttls.take(key)
         if self.reads_flask_session:
             await self._sessions().delete_many({"$or": [{"_id": key}, {"id": key}]})
         else:
@@ -233,6 +259,37 @@ async def _create(
         **_flag(write.permanent, write.ttl, now),
     }, upsert=True)
     return True
+
+
+async def _update_loaded(
+    sessions: AsyncCollection[Document], key: str, write: Write, now: float, ttl: int
+) -> bool:
+    """The write of a request whose load read the record with lifetime ``ttl``: one update.
+
+    Knowing the lifetime, the filter is plain fields on the ``_id`` index, where
+    :func:`_update`'s computes liveness and checks every field name server-side (which
+    costs a slow server more than the round trip), and the TTL-index date is set in the same
+    update. The load checked this very document; one that kept its ``ttl`` and is live
+    is one of ours. ``False``: not applied (emptied, gone, or its lifetime changed
+    meanwhile), for :func:`_update` to settle.
+    """
+    if write.removed and not write.changed:
+        return False  # it may empty the record: the general path deletes it in the same step
+    values = {_path(name): _text(value) for name, value in write.changed.items()}
+    if write.permanent is None:
+        update: Document = {"$set": {**values, "touched": now, **_expiry(now, ttl)}}
+    elif write.ttl is None:
+        raise ValueError("a write that sets the permanent flag needs its ttl")
+    else:
+        update = {"$set": {**values, **_flag(write.permanent, write.ttl, now)}}
+    if write.removed:
+        update["$unset"] = {_path(name): "" for name in write.removed}
+    result = await sessions.update_one(
+        {"_id": key, "ttl": ttl, "touched": {"$gt": now - ttl}, "f": {"$type": "object"},
+         "permanent": {"$in": [0, 1]}},
+        update,
+    )
+    return result.matched_count == 1
 
 
 async def _update(
@@ -270,7 +327,10 @@ async def _update(
 def _settings(client: Any, url: str | None) -> dict[str, Any]:
     """The constructor arguments of an ``AsyncMongoClient`` like ``client``."""
     if client is None:
-        return {"host": url or "mongodb://127.0.0.1:27017"}
+        settings: dict[str, Any] = {"host": url or "mongodb://127.0.0.1:27017"}
+        if "serverselectiontimeoutms=" not in settings["host"].lower():
+            settings["serverSelectionTimeoutMS"] = _SERVER_SELECTION_MS
+        return settings
     # Motor's clients wrap a sync MongoClient; looked up by duck typing so Motor stays optional.
     delegate = getattr(client, "delegate", None)
     if not isinstance(client, pymongo.AsyncMongoClient) and isinstance(
@@ -407,6 +467,30 @@ def _dead(prefix: str, now: float) -> Document:
 def _alive(now: float) -> Document:
     # Only where _OURS holds: $add fails on anything but numbers.
     return {"$gt": [{"$add": ["$touched", "$ttl"]}, now]}
+
+
+class _Ttls:
+    """Lifetimes of the records loads read, by key, each taken by the write that follows.
+
+    Bounded (oldest first out): a read-only request's entry stays until later loads push it
+    out. Locked, as Flask's bridge runs loops on several threads.
+    """
+
+    def __init__(self, max_items: int = _REMEMBER_TTLS) -> None:
+        self.max_items = max_items
+        self._ttls: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def put(self, key: str, ttl: int) -> None:
+        with self._lock:
+            self._ttls.pop(key, None)
+            self._ttls[key] = ttl
+            if len(self._ttls) > self.max_items:
+                del self._ttls[next(iter(self._ttls))]
+
+    def take(self, key: str) -> int | None:
+        with self._lock:
+            return self._ttls.pop(key, None)
 
 
 class _NotOurs(Exception):
