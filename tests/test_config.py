@@ -11,6 +11,7 @@ import quart
 import redis
 
 from asyncsessions import ClientSideBackend, Session
+from asyncsessions.config import parse_config
 
 
 def init(config: Any, **more: Any) -> flask.Flask:
@@ -113,3 +114,11 @@ def test_sync_redis_cluster_is_refused_with_the_async_call() -> None:
 def test_wrong_client_type_shows_the_async_call() -> None:
     with pytest.raises(ValueError, match=r"'client'.*redis\.asyncio\.Redis\(host="):
         init([{"cookie_name": "s", "session_type": "redis", "client": object()}])
+
+
+def test_read_flask_session_on_a_store_that_cannot_is_refused(tmp_path: Any) -> None:
+    config = {"SESSION_CONFIG": [{"cookie_name": "s", "session_type": "filesystem",
+                                  "directory": str(tmp_path), "read_flask_session": True}]}
+    with pytest.raises(ValueError, match=r"SESSION_CONFIG\[0\] 'read_flask_session'.*cannot "
+                                         r"read Flask-Session's records"):
+        parse_config(config, instance_path=str(tmp_path))

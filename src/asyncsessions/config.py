@@ -15,6 +15,7 @@ from typing import Any, Literal
 from werkzeug.sansio.response import Response
 
 from . import dialects
+from .backends import flask_session
 from .backends.base import Backend, Store
 from .errors import SessionConfigWarning
 
@@ -167,6 +168,7 @@ def parse_config(config: Mapping[str, Any], *, instance_path: str) -> tuple[Stor
     dialects.check_keys(config)
     entries = config.get("SESSION_CONFIG")
     defaults = dialects.app_defaults(config)
+    explicit = entries is not None
     if entries is None:
         if config.get("SESSION_TYPE") is not None:
             entries = [dialects.legacy_entry(config)]
@@ -182,6 +184,15 @@ def parse_config(config: Mapping[str, Any], *, instance_path: str) -> tuple[Stor
     )
     for store in stores:
         store.backend.bind(name=store.name, instance_path=instance_path)
+        if explicit and store.read_flask_session and not isinstance(
+                store.backend, flask_session.ReadsFlaskSession):
+            # SESSION_TYPE configs turn it on for every type: there it only accepts the ids
+            # Flask-Session signed, and its records (pickles) read as no session.
+            raise _entry_error(
+                store.index, "read_flask_session",
+                "this store cannot read Flask-Session's records (it can in redis, memcache, "
+                "mongodb, sqlalchemy and dynamodb): remove the key",
+            )
         if store.read_flask_session:
             store.backend.reads_flask_session = True
     _check_together(stores)
