@@ -776,12 +776,6 @@ def test_an_unreachable_server_raises_promptly(
                   "database": connect("postgresql://u@127.0.0.1:1/db")}
     if broken is None:
         pytest.skip(f"{kind}: no server to lose (unreachable() has no closed-port setting)")
-    if kind == "mongodb":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "PyMongo waits serverSelectionTimeoutMS (30 s by default) for a server to appear "
-            "and the store sets no shorter one: a refused connection is no error before the "
-            "engine's timeout (5 s by default) ends each call"
-        )))
     if entry.get("cluster"):
         broken["cluster"] = True
     broken["key_prefix"] = entry["key_prefix"]
