@@ -993,6 +993,11 @@ async def test_count_purge_and_expires_at(
     assert await reading.expires_at(odd) is None
     assert await reading.expires_at(prefix + new_id()) is None
 
+    # Page by page (DynamoDB's pages end at 1 MB; here at three items read).
+    pages = [p async for p in reading._scan(prefix, "<=", Select="COUNT", Limit=3)]
+    assert len(pages) > 2
+    assert sum(p["Count"] for p in pages) == 6
+
     calls.take()
     assert [n async for n in reading.purge(prefix, batch=2, dry_run=True)] == [6]
     assert [n for n in calls.take() if n != "Scan"] == []  # a dry run deletes nothing

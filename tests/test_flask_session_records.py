@@ -103,13 +103,16 @@ def _memcached(request: pytest.FixtureRequest, prefix: str) -> Store:
     server = request.getfixturevalue("memcached_server")
     client = Client((server.host, server.port), default_noreply=False)
 
+    # This library's items: length-prefixed entries (earlier: JSON with a NUL-named ttl).
+    layouts = (b'["as1",', b'{"\\u0000ttl"')
+
     def theirs(key: str) -> bytes | None:
         value = client.get(key)
-        return None if value is None or value.startswith(b'{"\\u0000ttl"') else value
+        return None if value is None or value.startswith(layouts) else value
 
     def ours(key: str) -> bool:
         value = client.get(key)
-        return value is not None and value.startswith(b'{"\\u0000ttl"')
+        return value is not None and value.startswith(layouts)
 
     return Store(
         "memcached", {"SESSION_TYPE": "memcached", "SESSION_MEMCACHED": client},
@@ -199,7 +202,7 @@ def _sqlalchemy(request: pytest.FixtureRequest, prefix: str) -> Store:
     )
 
 
-def _dynamodb(request: pytest.FixtureRequest, prefix: str) -> Store:
+def _dynamodb(request: pytest.FixtureRequest, prefix: str, table: str = "") -> Store:
     import boto3
 
     if importlib.util.find_spec("mypy_boto3_dynamodb") is None:
@@ -212,7 +215,7 @@ def _dynamodb(request: pytest.FixtureRequest, prefix: str) -> Store:
     server = request.getfixturevalue("dynamodb_server")
     # What Flask-Session 0.8's users pass as SESSION_DYNAMODB: a boto3 resource.
     resource = boto3.resource("dynamodb", **server.credentials)
-    table = f"fs{uuid.uuid4().hex[:8]}"
+    table = table or f"fs{uuid.uuid4().hex[:8]}"
     client = boto3.client("dynamodb", **server.credentials)  # (the resource's own serializes)
 
     def get(key: str) -> dict[str, Any]:
@@ -473,6 +476,22 @@ def test_a_session_config_entry_names_their_table(request: pytest.FixtureRequest
         assert client.post("/visit").status_code == 200
         assert store.theirs(prefix + cookie) is None
         assert store.ours(prefix + cookie)
+    finally:
+        for cleanup in store.cleanup:
+            cleanup()
+
+
+def test_dynamodb_their_default_table_is_where_sessions_are_read(
+    request: pytest.FixtureRequest,
+) -> None:
+    store = _dynamodb(request, "", table="Sessions")  # Flask-Session 0.8's default
+    del store.config["SESSION_DYNAMODB_TABLE"]
+    store.config.update(SECRET_KEY="their secret", SESSION_KEY_PREFIX=f"fs{uuid.uuid4().hex[:8]}:")
+    try:
+        cookie, theirs = logged_in_with_flask_session(store, store.config)
+        client, seen = switched(store, store.config, cookie)
+        assert client.get("/show").status_code == 200
+        assert seen == [(theirs, True)]
     finally:
         for cleanup in store.cleanup:
             cleanup()

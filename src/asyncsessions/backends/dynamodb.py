@@ -292,6 +292,24 @@ class DynamoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[_Connection
         aws dynamodb update-time-to-live --table-name sessions \\
             --time-to-live-specification Enabled=true,AttributeName=expires
 
+    With ``reads_flask_session`` (on for ``SESSION_TYPE = "dynamodb"``, whose table defaults
+    to Flask-Session's ``Sessions``), an item Flask-Session 0.8 wrote under the key, ``{"id":
+    key, "val": B (msgpack or JSON), "expiration": N}``, is read as a foreign record while
+    ``expiration`` is ahead; a pickle or other unreadable ``val`` is no session, left as it
+    is. Flask-Session dates ``expiration`` with ``datetime.utcnow().timestamp()``, off by the
+    machine's UTC offset, so it is compared with the same clock: right where the app servers
+    keep the time zone they had. The session's first write replaces the item with one of
+    this store's. A ``boto3.resource("dynamodb")`` (their ``SESSION_DYNAMODB``) is taken for
+    its client.
+
+    ``count`` and ``purge`` (``flask sessions``) scan the whole table (read units for all of
+    it) with a filter on the key prefix and ``ends``; ``purge`` deletes each dead item with a
+    ``DeleteItem`` conditional on it being dead still, so a session written since the scan
+    stays. They cover Flask-Session's items too when they are read: the tables Flask-Session
+    0.8 creates have no TTL (its call enabling it fails unseen), and a table whose
+    TTL is on their ``expiration`` never expires this store's items, so there ``purge`` is the
+    clean-up (from cron, say).
+
     Limits: an item holds 400 KB, names and values together (a larger session is refused
     with ``ValueError``), and a field name 64 KB. An update expression holds 300 operators
     and 4 KB, so a write naming more than 100 fields goes out as several conditional
