@@ -328,7 +328,8 @@ class DatastoreBackend(ClientBackend[DatastoreAsyncClient]):
     transaction at most once per half lifetime. Dead entities are deleted by this store:
     after every 100 new sessions a background task asks for the keys of up to 300 entities
     whose ``expires`` has passed, and deletes, in one transaction, those still dead and of
-    this store's shape. Datastore's TTL policy can do it too (up to a day late)::
+    this store's shape; ``flask sessions purge`` runs the same deletion over all of them.
+    Datastore's TTL policy can do it too (up to a day late)::
 
         gcloud firestore fields ttls update expires --collection-group=Session --enable-ttl
     """

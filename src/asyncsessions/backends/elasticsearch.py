@@ -147,7 +147,7 @@ class ElasticsearchBackend(ClientBackend[_Conn]):
     - Expiry is checked on read (``expires`` against the app servers' clocks). Every
       ``cleanup_every`` writes (0: never) a background delete-by-query removes up to twice
       that many documents of the index whose ``expires`` has passed (``conflicts=proceed``:
-      one written meanwhile is kept).
+      one written meanwhile is kept); ``flask sessions purge`` runs it over all of them.
     """
 
     max_key_length: ClassVar[int | None] = _MAX_ID_BYTES

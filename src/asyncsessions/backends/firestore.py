@@ -26,7 +26,8 @@ Expiry: Firestore deletes expired documents only if the user configures a TTL po
     gcloud firestore fields ttls update expires --collection-group=sessions --enable-ttl
 
 and even then up to 24 hours late, so ``load()`` treats a document whose ``expires`` has
-passed as absent. Without the policy expired documents are never read, only kept.
+passed as absent. Without the policy expired documents are never read, only kept until
+``flask sessions purge`` deletes them (each only if unchanged since its query found it).
 
 Sliding refresh: Firestore has no read-and-touch, so refreshing on every read would turn each
 read-only request into a read plus a write. ``load(touch=True)`` rewrites ``expires`` only
