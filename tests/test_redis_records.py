@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -43,11 +44,14 @@ BAD_HASHES: dict[str, dict[bytes, bytes]] = {
     "bad permanent flag": {b"\0ttl": b"60", b"\0p": b"yes"},
     "no metadata": {},
     "unknown metadata": {b"\0ttl": b"60", b"\0p": b"0", b"\0v": b"2"},
+    "unknown metadata beside an empty name": {b"\0ttl": b"60", b"\0p": b"0", b"": dumps(3),
+                                              b"\0v": b"2"},
     "non-UTF-8 name": {b"\0ttl": b"60", b"\0p": b"0", b"\xff\xfe": dumps(2)},
 }
 # Those whose metadata is not the store's: an update refuses them. (The two others pass its
 # metadata check; only a load looks at every field name.)
-BAD_METADATA = [case for case in BAD_HASHES if case not in ("unknown metadata", "non-UTF-8 name")]
+BAD_METADATA = [case for case in BAD_HASHES if case not in (
+    "unknown metadata", "unknown metadata beside an empty name", "non-UTF-8 name")]
 
 
 @dataclass
@@ -259,5 +263,31 @@ def test_leaving_the_flag_keeps_the_stored_one_and_its_lifetime(target: Target) 
 
         with pytest.raises(ValueError, match="permanent flag and ttl"):
             await backend.store(target.prefix + new_id(), Write({"a": b"1"}, create=True))
+
+    on_backend(target, scenario)
+
+
+def test_many_fields_and_an_empty_name_round_trip(target: Target) -> None:
+    async def scenario(backend: RedisBackend) -> None:
+        key = target.prefix + new_id()
+        fields = {"": dumps(0), "ä": dumps("ü"), **{f"f{i}": dumps(i) for i in range(300)}}
+        assert await backend.store(key, Write(fields, (), True, 100, create=True))
+        assert await backend.load(key, touch=True) == Record(fields, True)
+
+    on_backend(target, scenario)
+
+
+def test_expires_at_is_the_keys_expiry_without_touching_it(target: Target) -> None:
+    probe = target.probe
+
+    async def scenario(backend: RedisBackend) -> None:
+        key = target.prefix + new_id()
+        assert await backend.expires_at(key) is None
+        assert await backend.store(key, Write({"a": b"1"}, (), True, 1000, create=True))
+        probe.expire(key, 500)
+        expires = await backend.expires_at(key)
+        assert expires is not None
+        assert abs(expires - (time.time() + 500)) < 2
+        assert 495 <= probe.ttl(key) <= 500  # not refreshed
 
     on_backend(target, scenario)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import re
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -37,12 +38,17 @@ class _FastClient(resp.RespClient):
         deleted: int = await self.execute("DEL", key)
         return deleted
 
+    async def pttl(self, key: str) -> int:
+        left: int = await self.execute("PTTL", key)
+        return left
+
 
 AsyncClient = redis.asyncio.Redis | redis.asyncio.RedisCluster | _FastClient
 
 # Hash fields beside the session's own; session keys can never start with NUL.
 _TTL = b"\0ttl"
 _PERMANENT = b"\0p"
+_TTL_NAME, _PERMANENT_NAME = _TTL.decode(), _PERMANENT.decode()
 # A TTL as the store writes it, short enough for EXPIRE's range (the load script checks the
 # same): EXPIRE with 0 or a negative number would delete the record, with garbage fail.
 _TTL_SHAPE = re.compile(rb"[1-9][0-9]{0,14}")
@@ -265,7 +271,7 @@ class RedisBackend(flask_session.ReadsFlaskSession, ClientBackend[AsyncClient]):
         if len(reply) == 1:  # a string, asked for: Flask-Session's
             return flask_session.read(self, key, reply[0])
         try:
-            return _record(dict(zip(reply[::2], reply[1::2], strict=True)))
+            return _record(reply)
         except ValueError as exc:
             self.unreadable(key, str(exc))
             return None
@@ -291,23 +297,34 @@ class RedisBackend(flask_session.ReadsFlaskSession, ClientBackend[AsyncClient]):
     async def delete(self, key: str) -> None:
         await self.client.delete(key)
 
+    async def expires_at(self, key: str) -> float | None:
+        left = await self.client.pttl(key)
+        # -2: no key; -1: no expiry, which no record of this store has.
+        return None if left < 0 else time.time() + left / 1000
 
-def _record(raw: dict[bytes, bytes]) -> Record:
-    """The record in a session hash; ``ValueError`` if this store did not write it so."""
-    ttl, permanent = raw.pop(_TTL, None), raw.pop(_PERMANENT, None)
+
+def _record(reply: list[bytes]) -> Record:
+    """The record in a session hash's HGETALL reply; ``ValueError`` if this store did not
+    write it so."""
+    # No Python-level loop per field (a 200-field load spent ~130 µs in one): names are
+    # decoded by map, paired by zip, and the NUL-led check is a min().
+    try:
+        names = list(map(bytes.decode, reply[::2]))
+    except UnicodeDecodeError:
+        raise ValueError("a field name is not UTF-8") from None
+    fields = dict(zip(names, reply[1::2], strict=True))
+    ttl, permanent = fields.pop(_TTL_NAME, None), fields.pop(_PERMANENT_NAME, None)
     if ttl is None or not _TTL_SHAPE.fullmatch(ttl):
         raise ValueError(r"its \0ttl field is missing or no positive number of seconds")
     if permanent not in (b"0", b"1"):
         raise ValueError(r"its \0p field is missing or neither 0 nor 1")
-    fields: dict[str, bytes] = {}
-    for name, value in raw.items():
-        # A NUL-led name is metadata of another program (or version): nothing to guess at.
-        if name.startswith(b"\0"):
-            raise ValueError("it has an unknown NUL-led field")
-        try:
-            fields[name.decode("utf-8")] = value
-        except UnicodeDecodeError:
-            raise ValueError("a field name is not UTF-8") from None
+    # A NUL-led name is metadata of another program (or version): nothing to guess at. Such
+    # a name sorts before every other but the empty one, so the least one tells.
+    least = min(fields, default="")
+    if least == "" and len(fields) > 1:
+        least = min(name for name in fields if name)
+    if least.startswith("\0"):
+        raise ValueError("it has an unknown NUL-led field")
     return Record(fields, permanent == b"1")
 
 
