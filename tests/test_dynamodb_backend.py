@@ -1088,3 +1088,38 @@ def test_the_cli_reports_a_missing_table_without_creating_it(
     assert result.exit_code == 1
     assert "ResourceNotFoundException" in result.output
     assert table not in probe.list_tables()["TableNames"]
+
+
+@pytest.mark.anyio
+async def test_ttl_on_their_attribute_in_their_table(
+    dynamodb_server: MotoServer, probe: Any, table: str, key: str
+) -> None:
+    # SESSION_TYPE = "dynamodb": the TTL attribute is Flask-Session's, so a table whose TTL
+    # is on it deletes this store's items too.
+    backend = DynamoDBBackend(table=table, ttl_attribute="expiration",
+                              **dynamodb_server.credentials)
+    backend.reads_flask_session = True
+    await backend.store(key, create({"a": v(1)}, ttl=600))
+    ttl = probe.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
+    assert (ttl["TimeToLiveStatus"], ttl["AttributeName"]) == ("ENABLED", "expiration")
+    stored = item(probe, table, key)
+    assert stored is not None
+    assert set(stored) == {"id", "f", "permanent", "ttl", "ends", "expiration"}
+    assert int(stored["expiration"]["N"]) == pytest.approx(time.time() + 600, abs=5)
+    theirs = "session:" + new_id()
+    probe.put_item(TableName=table, Item={"id": {"S": theirs}, **their_item(
+        msgspec.msgpack.encode({"_permanent": False, "u": 1}), 600)})
+    assert await backend.load(key, touch=False) == Record({"a": v(1)})
+    assert await backend.load(theirs, touch=False) == Record({"u": v(1)}, foreign=True)
+    assert await backend.store(key, Write({"b": v(2)})) is True  # the update's condition
+    assert await backend.count("session:") == 2
+    expire(probe, table, key)
+    assert [n async for n in backend.purge("session:", batch=5, dry_run=False)] == [1]
+    assert item(probe, table, theirs) is not None
+    await close_loop_clients()
+
+
+@pytest.mark.parametrize("name", ["", "f", "ends", "val", "id", "x" * 256, 5])
+def test_ttl_attribute_must_be_a_name_of_its_own(name: Any) -> None:
+    with pytest.raises(TypeError if name == 5 else ValueError, match="ttl_attribute"):
+        DynamoDBBackend(region_name="eu-west-1", ttl_attribute=name)

@@ -55,7 +55,8 @@ LEGACY_TYPES: dict[str, LegacyType] = {
          "SESSION_DYNAMODB_KEY_ID": "aws_access_key_id",
          "SESSION_DYNAMODB_SECRET": "aws_secret_access_key",
          "SESSION_DYNAMODB_REGION": "region_name", "SESSION_DYNAMODB_ENDPOINT": "endpoint_url"},
-        {"table": "Sessions"},  # Flask-Session 0.8's, where its items are
+        # Flask-Session 0.8's table, where its items are, and its TTL attribute.
+        {"table": "Sessions", "ttl_attribute": "expiration"},
     ),
     "cachelib": LegacyType("cachelib", {"SESSION_CACHELIB": "client"}, libraries="Flask-Session"),
     "elasticsearch": LegacyType(

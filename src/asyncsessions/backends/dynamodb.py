@@ -123,7 +123,7 @@ class _Found:
     ends_text: str  # as stored, for a condition that it is still the same
 
 
-def _parse(item: Item) -> _Found:
+def _parse(item: Item, expires: str) -> _Found:
     """The session in ``item``, live or not; :class:`_NotOurs` if it is no record of ours."""
     stored = item.get("f", {}).get("M")
     if not isinstance(stored, dict):
@@ -137,8 +137,8 @@ def _parse(item: Item) -> _Found:
     ends = _decimal(item.get("ends"))
     if ends is None:
         raise _NotOurs("ends is not a number")
-    if _decimal(item.get("expires")) is None:
-        raise _NotOurs("expires is not a number")
+    if _decimal(item.get(expires)) is None:
+        raise _NotOurs(f"{expires} is not a number")
     fields: dict[str, bytes] = {}
     for name, value in stored.items():
         if _escape(_unescape(name)) != name:
@@ -258,7 +258,8 @@ class DynamoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[_Connection
         ttl        N     the lifetime in seconds the session was last given
         ends       N     Unix time, to the millisecond, when it ends: what reads compare
         expires    N     the same in whole seconds, rounded up: the table's TTL attribute
-                         (DynamoDB's TTL documents whole epoch seconds)
+                         (DynamoDB's TTL documents whole epoch seconds), named by
+                         ``ttl_attribute`` (default ``expires``)
 
     A new session is one ``PutItem``, which replaces whatever was under its id. Any other
     write is one ``UpdateItem`` that sets and removes fields by document path (``SET
@@ -282,7 +283,7 @@ class DynamoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[_Connection
     read unit (a fifth of the price) per 4 KB.
 
     ``create_table`` (default ``True``): a missing table is created (on-demand billing) with
-    TTL on ``expires`` when a call first finds it missing. That takes seconds on AWS, so
+    TTL on ``ttl_attribute`` when a call first finds it missing. That takes seconds on AWS, so
     requests may time out until it is active; where the application may not create tables,
     create it beforehand and pass ``create_table=False``::
 
@@ -306,9 +307,9 @@ class DynamoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[_Connection
     it) with a filter on the key prefix and ``ends``; ``purge`` deletes each dead item with a
     ``DeleteItem`` conditional on it being dead still, so a session written since the scan
     stays. They cover Flask-Session's items too when they are read: the tables Flask-Session
-    0.8 creates have no TTL (its call enabling it fails unseen), and a table whose
-    TTL is on their ``expiration`` never expires this store's items, so there ``purge`` is the
-    clean-up (from cron, say).
+    0.8 creates have no TTL (its call enabling it fails unseen), so there ``purge`` is the
+    clean-up (from cron, say). ``SESSION_TYPE = "dynamodb"`` sets ``ttl_attribute`` to their
+    ``expiration``, so a table whose TTL was enabled on it expires both kinds of item.
 
     Limits: an item holds 400 KB, names and values together (a larger session is refused
     with ``ValueError``), and a field name 64 KB. An update expression holds 300 operators
@@ -331,6 +332,7 @@ class DynamoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[_Connection
         aws_secret_access_key: str | None = None,
         aws_session_token: str | None = None,
         create_table: bool = True,
+        ttl_attribute: str = "expires",
     ) -> None:
         super().__init__()
         if not isinstance(table, str) or not _TABLE_NAME.fullmatch(table):
@@ -338,6 +340,13 @@ class DynamoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[_Connection
                              f"_ - . (not {table!r})")
         if not isinstance(create_table, bool):
             raise TypeError("create_table must be True or False")
+        if not isinstance(ttl_attribute, str):
+            raise TypeError("ttl_attribute must be a str")
+        if not 0 < len(ttl_attribute.encode()) <= 255:  # DynamoDB's limit for a TTL attribute
+            raise ValueError("ttl_attribute must be an attribute name of 1 to 255 bytes")
+        if ttl_attribute in (_KEY, "f", "permanent", "ttl", "ends", "val"):
+            raise ValueError(f"ttl_attribute {ttl_attribute!r} is an attribute the items hold "
+                             "already; name another")
         explicit = {
             "region_name": region_name, "endpoint_url": endpoint_url,
             "aws_access_key_id": aws_access_key_id,
@@ -357,6 +366,7 @@ class DynamoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[_Connection
                                      aws_secret_access_key, aws_session_token)
         _check_region(settings.region_name)
         self.table = table
+        self.ttl_attribute = ttl_attribute
         self._settings = settings
         self._create_table = create_table
         self._loader = botocore.loaders.create_loader()
@@ -412,13 +422,13 @@ class DynamoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[_Connection
         try:
             await client.update_time_to_live(
                 TableName=self.table,
-                TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires"},
+                TimeToLiveSpecification={"Enabled": True, "AttributeName": self.ttl_attribute},
             )
         except (ClientError, BotoCoreError) as exc:
             # Sessions still expire on load; only the clean-up of dead ones is missing.
             logger.warning(
-                "created DynamoDB table %r but could not enable TTL on 'expires' (%s); "
-                "expired sessions stay until deleted", self.table, exc,
+                "created DynamoDB table %r but could not enable TTL on %r (%s); "
+                "expired sessions stay until deleted", self.table, self.ttl_attribute, exc,
             )
 
     def _key(self, key: str) -> dict[str, AttributeValueTypeDef]:
@@ -441,7 +451,7 @@ class DynamoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[_Connection
                 # Left as it is (their lifetime is not stored): the next write replaces it.
                 return flask_session.read(self, key, data) if expiration > Decimal(
                     _their_now()) else None
-            found = _parse(item)
+            found = _parse(item, self.ttl_attribute)
         except _NotOurs as exc:
             self.unreadable(key, str(exc))
             return None
@@ -456,7 +466,8 @@ class DynamoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[_Connection
                     TableName=self.table, Key=self._key(key),
                     UpdateExpression="SET #x = :ends, #e = :exp",
                     ConditionExpression="#x = :seen AND #t = :ttl",
-                    ExpressionAttributeNames={"#x": "ends", "#e": "expires", "#t": "ttl"},
+                    ExpressionAttributeNames={"#x": "ends", "#e": self.ttl_attribute,
+                                              "#t": "ttl"},
                     ExpressionAttributeValues={
                         ":ends": ends, ":exp": _number(math.ceil(now + found.ttl)),
                         ":seen": {"N": found.ends_text}, ":ttl": _number(found.ttl),
@@ -482,7 +493,7 @@ class DynamoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[_Connection
                 return True
             item: dict[str, AttributeValueTypeDef] = {
                 **self._key(key), "f": {"M": changed}, "permanent": {"BOOL": write.permanent},
-                "ttl": _number(write.ttl), **_ending(time.time(), write.ttl),
+                "ttl": _number(write.ttl), **_ending(time.time(), write.ttl, self.ttl_attribute),
             }
             # A new id: whatever is under it is another program's, replaced whole.
             await self._run(lambda client: client.put_item(TableName=self.table, Item=item))
@@ -499,7 +510,7 @@ class DynamoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[_Connection
         attributes: Mapping[str, AttributeValueTypeDef] = {}
         for index, chunk in enumerate(chunks):
             last = index == len(chunks) - 1
-            names = dict(_NAMES)
+            names = {**_NAMES, "#e": self.ttl_attribute}
             values: dict[str, AttributeValueTypeDef] = {**_TYPES, ":now": _time(now)}
             sets: list[str] = []
             removes: list[str] = []
@@ -580,7 +591,7 @@ class DynamoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[_Connection
             if theirs is not None:
                 ends = float(theirs[1]) + time.time() - _their_now()  # on the Unix clock
             else:
-                ends = float(_parse(item).ends)
+                ends = float(_parse(item, self.ttl_attribute).ends)
         except _NotOurs:
             return None
         return ends if ends > time.time() else None
@@ -606,7 +617,7 @@ class DynamoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[_Connection
                                                       dict[str, AttributeValueTypeDef]]:
         """The condition on items of this store (and Flask-Session's, if read) whose end is
         ``op`` now: live (``">"``) or dead (``"<="``), with its names and values."""
-        names = dict(_NAMES)
+        names = {**_NAMES, "#e": self.ttl_attribute}
         values: dict[str, AttributeValueTypeDef] = {**_TYPES, ":now": _time(time.time())}
         condition = f"{_OURS} AND #x {op} :now"
         if self.reads_flask_session:
@@ -653,8 +664,8 @@ class DynamoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[_Connection
         return 1
 
 
-def _ending(now: float, ttl: int) -> dict[str, AttributeValueTypeDef]:
-    return {"ends": _time(now + ttl), "expires": _number(math.ceil(now + ttl))}
+def _ending(now: float, ttl: int, expires: str) -> dict[str, AttributeValueTypeDef]:
+    return {"ends": _time(now + ttl), expires: _number(math.ceil(now + ttl))}
 
 
 def _lifetime(write: Write, now: float, values: dict[str, AttributeValueTypeDef]) -> list[str]:
@@ -664,9 +675,8 @@ def _lifetime(write: Write, now: float, values: dict[str, AttributeValueTypeDef]
         values[":up"] = _number(math.ceil(now))
         return ["#x=:now+#t", "#e=:up+#t"]
     assert write.ttl is not None
-    ending = _ending(now, write.ttl)
     values.update({":p": {"BOOL": write.permanent}, ":ttl": _number(write.ttl),
-                   ":ends": ending["ends"], ":exp": ending["expires"]})
+                   ":ends": _time(now + write.ttl), ":exp": _number(math.ceil(now + write.ttl))})
     return ["#p=:p", "#t=:ttl", "#x=:ends", "#e=:exp"]
 
 
