@@ -143,3 +143,23 @@ def test_entries_of_sessions_long_gone_are_pruned_at_the_next_login(tmp_path: Pa
         assert len(json.loads(index.read_bytes())["fields"]) == 2  # the first entry went
     finally:
         new.close()
+
+
+@pytest.mark.parametrize("framework", ["flask", "quart"])
+def test_the_sessions_cli_revokes(framework: str, tmp_path: Path) -> None:
+    config = {"SESSION_CONFIG": [{"cookie_name": "auth", "session_type": "filesystem",
+                                  "directory": str(tmp_path), "index_by": ["user_id"]}]}
+    devices = [login(config, framework, 42), login(config, framework, 42)]
+    try:
+        runner = devices[0].app.test_cli_runner()
+        result = runner.invoke(args=["sessions", "revoke", "user_id", '"42"'])
+        assert result.output == "revoked 0 sessions with user_id='42'\n"
+        result = runner.invoke(args=["sessions", "revoke", "user_id", "42"])
+        assert result.output == "revoked 2 sessions with user_id=42\n"
+        assert [device.show() for device in devices] == [{}, {}]
+        result = runner.invoke(args=["sessions", "revoke", "email", "a@example.com"])
+        assert result.exit_code == 2
+        assert "no store has 'email' in its index_by" in result.output
+    finally:
+        for device in devices:
+            device.close()

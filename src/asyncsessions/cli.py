@@ -1,14 +1,14 @@
-"""``flask sessions`` (and ``quart sessions``): count, show and purge the app's sessions.
+"""``flask sessions`` (and ``quart sessions``): count, show, purge and revoke sessions.
 
 Installed by :meth:`asyncsessions.Session.init_app` on ``app.cli``. The store coroutines run
 through the Flask bridge (Flask) or a fresh event loop (Quart), and every client they opened
-is closed before the command ends. ``revoke`` (a user's sessions) needs a per-user index the
-stores do not keep yet, so it is not here.
+is closed before the command ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -21,6 +21,7 @@ import click
 from .backends.base import Backend, ClientSideBackend, Record, close_loop_clients
 from .config import StoreConfig
 from .engine import Engine
+from .index import revoke
 from .serialization import loads
 
 __all__ = ["sessions_command"]
@@ -47,7 +48,8 @@ def sessions_command(app: Any, engine: Engine, *, quart: bool) -> click.Group:
     def server_side() -> list[tuple[StoreConfig, Backend]]:
         return [(s, s.backend) for s in engine.stores if isinstance(s.backend, Backend)]
 
-    @click.group("sessions", help="Count, show and purge the app's server-side sessions.")
+    @click.group("sessions", help="Count, show, purge and revoke the app's server-side "
+                                  "sessions.")
     def group() -> None:
         pass
 
@@ -124,6 +126,25 @@ def sessions_command(app: Any, engine: Engine, *, quart: bool) -> click.Group:
             click.echo(f"{label}: {verb} {total} expired")
         if failed:
             sys.exit(1)
+
+    @group.command("revoke", help="Delete every session whose indexed FIELD has VALUE "
+                                  "(log out everywhere). VALUE is read as JSON when it parses "
+                                  "(42 is a number, '\"42\"' a string), else as a string.")
+    @click.argument("field")
+    @click.argument("value")
+    def revoke_command(field: str, value: str) -> None:
+        try:
+            parsed: Any = json.loads(value)
+        except ValueError:
+            parsed = value
+        try:
+            found = run(partial(revoke, engine, {field: parsed}))
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from exc
+        except Exception as exc:
+            click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+            sys.exit(1)
+        click.echo(f"revoked {found} session{'' if found == 1 else 's'} with {field}={parsed!r}")
 
     return group
 
