@@ -291,3 +291,18 @@ def test_expires_at_is_the_keys_expiry_without_touching_it(target: Target) -> No
         assert 495 <= probe.ttl(key) <= 500  # not refreshed
 
     on_backend(target, scenario)
+
+
+def test_a_load_works_after_the_server_forgot_its_scripts(target: Target) -> None:
+    probe = target.probe
+
+    async def scenario(backend: RedisBackend) -> None:
+        key = target.prefix + new_id()
+        assert await backend.store(key, Write({"a": b"1"}, (), False, 100, create=True))
+        probe.expire(key, 10)
+        probe.script_flush()  # a restart or a failover to a replica that never saw them
+        assert await backend.load(key, touch=True) == Record({"a": b"1"})
+        assert probe.ttl(key) > 90  # refreshed with its own lifetime
+        assert await backend.load(target.prefix + new_id(), touch=True) is None
+
+    on_backend(target, scenario)

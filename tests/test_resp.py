@@ -248,6 +248,41 @@ def test_error_replies_raise_redis_py_exceptions(redis_server: Any) -> None:
     run(main())
 
 
+def test_commands_sent_together_get_their_replies_in_order_errors_as_objects(
+    redis_server: Any,
+) -> None:
+    key = unique()
+
+    async def main() -> list[Any]:
+        client = client_for(redis_server)
+        try:
+            await client.execute("PING")
+            protocol = client._protocol
+            assert protocol is not None
+            queued = []
+            send = protocol.send
+
+            def counted(args: tuple[Any, ...]) -> Any:
+                future = send(args)
+                queued.append(len(protocol.pending))
+                return future
+
+            protocol.send = counted  # type: ignore[method-assign]
+            replies = await client.execute_all(
+                ("SET", key, b"x"), ("HGETALL", key), ("EVALSHA", "0" * 40, 0), ("GET", key))
+            assert queued == [1, 2, 3, 4]  # all written before any reply was awaited
+            return replies
+        finally:
+            await client.aclose()
+
+    ok, wrongtype, noscript, value = run(main())
+    assert ok == b"OK"
+    assert isinstance(wrongtype, redis.exceptions.ResponseError)
+    assert str(wrongtype).startswith("WRONGTYPE")
+    assert isinstance(noscript, redis.exceptions.NoScriptError)
+    assert value == b"x"
+
+
 # cancellation
 
 

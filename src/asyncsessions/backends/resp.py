@@ -153,6 +153,39 @@ class RespClient:
                 raise  # closed on purpose: the command fails rather than reopen it
             return await self._call(await self._connect(), args)
 
+    async def execute_all(self, *commands: tuple[str | bytes | int | float, ...]) -> list[Any]:
+        """Send several commands at once (one round trip); their replies in order, an error
+        reply as its exception object instead of raised."""
+        protocol = self._protocol
+        if protocol is None or not protocol.usable():
+            return await self._call_all(await self._connect(), commands)
+        try:
+            return await self._call_all(protocol, commands)
+        except errors.ConnectionError:
+            if protocol.failure is _CLOSED:
+                raise
+            return await self._call_all(await self._connect(), commands)
+
+    async def _call_all(self, protocol: _Protocol, commands: tuple[tuple[Any, ...], ...]
+                        ) -> list[Any]:
+        futures = [protocol.send(args) for args in commands]
+        replies: list[Any] = []
+        try:
+            for future in futures:
+                try:
+                    replies.append(await future)
+                except errors.ConnectionError:
+                    raise
+                except errors.RedisError as exc:  # an error reply: the connection is fine
+                    replies.append(exc)
+        except asyncio.CancelledError:
+            for future in futures:
+                if future.done() and not future.cancelled():
+                    future.exception()
+            protocol.gave_up()
+            raise
+        return replies
+
     async def aclose(self) -> None:
         """Close the connection; callers still waiting fail, and a later command reconnects."""
         protocol, self._protocol = self._protocol, None
