@@ -163,3 +163,37 @@ def test_the_sessions_cli_revokes(framework: str, tmp_path: Path) -> None:
     finally:
         for device in devices:
             device.close()
+
+
+def test_starlette_apps_revoke_through_request_app(tmp_path: Path) -> None:
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from asyncsessions import SessionMiddleware
+
+    async def login(request: Request) -> JSONResponse:
+        request.session["user_id"] = 42
+        return JSONResponse({})
+
+    async def whoami(request: Request) -> JSONResponse:
+        return JSONResponse({"user_id": request.session.get("user_id")})
+
+    async def revoke(request: Request) -> JSONResponse:
+        return JSONResponse({"revoked": await revoke_sessions_async(request.app, user_id=42)})
+
+    app = Starlette(
+        routes=[Route("/login", login), Route("/whoami", whoami), Route("/revoke", revoke)],
+        middleware=[Middleware(SessionMiddleware, secret_key="test secret", config=[{
+            "cookie_name": "auth", "session_type": "filesystem",
+            "directory": str(tmp_path), "index_by": ["user_id"],
+        }])],
+    )
+    with TestClient(app) as phone, TestClient(app) as laptop:
+        phone.get("/login")
+        laptop.get("/login")
+        assert laptop.get("/revoke").json() == {"revoked": 2}
+        assert phone.get("/whoami").json() == {"user_id": None}

@@ -57,7 +57,7 @@ def revoke_sessions(app: Any, **values: Any) -> int:
     ``revoke_sessions(app, user_id=42)`` deletes, in every store, each session that a store
     with ``index_by=["user_id"]`` lists under 42, and returns how many there were. Callable
     from Flask views, scripts and commands; in async code (Quart views, ASGI) await
-    :func:`revoke_sessions_async` instead.
+    :func:`revoke_sessions_async` instead (Starlette/FastAPI: pass ``request.app``).
     """
     from .bridge import get_bridge
 
@@ -71,9 +71,13 @@ async def revoke_sessions_async(app: Any, **values: Any) -> int:
 
 
 def _engine(app: Any) -> Engine:
-    engine = app.extensions.get("asyncsessions") if hasattr(app, "extensions") else None
+    # Flask and Quart keep it in app.extensions; the ASGI middleware in Starlette's app.state.
+    extensions = getattr(app, "extensions", None)
+    engine = extensions.get("asyncsessions") if isinstance(extensions, dict) else getattr(
+        getattr(app, "state", None), "asyncsessions", None)
     if not isinstance(engine, Engine):
-        raise RuntimeError("asyncsessions.Session(app) was not called for this app")
+        raise RuntimeError("no asyncsessions engine for this app: call Session(app), or add "
+                           "SessionMiddleware (it registers at the app's startup)")
     return engine
 
 

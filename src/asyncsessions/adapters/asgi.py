@@ -84,9 +84,17 @@ class SessionMiddleware:
         self.secret_keys: tuple[str | bytes, ...] = (
             (*secret_key_fallbacks, secret_key) if secret_key else ()
         )
+        self._published = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
+        if not self._published:
+            # Starlette puts its app in every scope: revoke_sessions_async(request.app, ...)
+            # finds the engine there.
+            state = getattr(scope.get("app"), "state", None)
+            if state is not None:
+                state.asyncsessions = self.engine
+            self._published = True
         if kind == "lifespan":
             await self.app(scope, receive, _closing_clients(send))
             return
