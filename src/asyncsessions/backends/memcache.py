@@ -285,6 +285,7 @@ class MemcacheBackend(flask_session.ReadsFlaskSession, ClientBackend[_Servers]):
     """
 
     max_key_length = 250  # memcached's limit; keys may hold no whitespace or control characters
+    may_evict = True  # an LRU cache: a full server drops records before they expire
 
     def __init__(
         self, *, client: Any = None, host: str | None = None, port: int | None = None,
