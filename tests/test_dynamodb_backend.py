@@ -16,8 +16,8 @@ Where moto differs from DynamoDB, and what these tests (and the store) do about 
   one, and test expiry on read by editing ``ends``.
 * Like DynamoDB, moto refuses reserved words (``ttl``) as bare names in expressions; the
   store names every attribute through placeholders, and the tests' own edits do too.
-* A Scan page ends at 1 MB on DynamoDB; moto's pages here are smaller than that anyway, so
-  the paging test asks for ``Limit`` (which both honour). Both refuse redundant parentheses
+* A Scan page ends at 1 MB on DynamoDB; the tests' tables fit in one, so the paging test
+  asks for ``Limit`` (which both honour). Both refuse redundant parentheses
   and unused placeholders in expressions; the store's count and purge filters have neither.
 * Any credentials are accepted and no signature is checked; the tests use dummy keys so no
   real AWS key from the environment is ever sent.

@@ -3,9 +3,10 @@ same config then runs on asyncsessions, and the user is still logged in.
 
 Per store (redis, memcached, mongodb, sqlalchemy on PostgreSQL, dynamodb on moto) and per
 format (msgpack; JSON with signed ids): the same cookie reads the same values, a read-only
-request leaves their record as it is, the first write rewrites it in this library's format (and the
-session reads the same after), a logout deletes it, and a pickle under the key (Flask-Session
-< 0.7, Flask-Session2) reads as no session with one log line and is never unpickled.
+request leaves their record as it is, the first write rewrites it in this library's format
+(and the session reads the same after), a logout deletes it, and a pickle under the key
+(Flask-Session < 0.7, Flask-Session2) reads as no session with one log line and is never
+unpickled.
 """
 
 from __future__ import annotations
