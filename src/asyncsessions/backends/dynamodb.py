@@ -448,9 +448,10 @@ class DynamoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[_Connection
             theirs = _their_item(item) if self.reads_flask_session else None
             if theirs is not None:
                 data, expiration = theirs
-                # Left as it is (their lifetime is not stored): the next write replaces it.
-                return flask_session.read(self, key, data) if expiration > Decimal(
-                    _their_now()) else None
+                if expiration <= Decimal(_their_now()):
+                    return None
+                # Never touched (their lifetime is not stored): the next write replaces it.
+                return flask_session.read(self, key, data)
             found = _parse(item, self.ttl_attribute)
         except _NotOurs as exc:
             self.unreadable(key, str(exc))
