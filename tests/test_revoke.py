@@ -197,3 +197,34 @@ def test_starlette_apps_revoke_through_request_app(tmp_path: Path) -> None:
         laptop.get("/login")
         assert laptop.get("/revoke").json() == {"revoked": 2}
         assert phone.get("/whoami").json() == {"user_id": None}
+
+
+def test_another_librarys_session_is_indexed_when_it_is_rewritten() -> None:
+    from asyncsessions.engine import Engine
+    from asyncsessions.index import index_key
+    from asyncsessions.serialization import dumps
+    from asyncsessions.session import MultiStoreSession, StoreState
+    from test_plan import SID, Nowhere
+
+    [store] = parse_config({"SESSION_CONFIG": [{
+        "cookie_name": "s", "session_type": Nowhere(), "index_by": ["user_id"]}]},
+        instance_path="/nonexistent")
+    engine = Engine((store,), refresh_each_request=False)
+
+    def session() -> MultiStoreSession:
+        state = StoreState("s", True, sid=SID, cookie=SID, loaded={"user_id": b"42"},
+                           loaded_foreign=True)
+        return MultiStoreSession(None, [state], raw=state.loaded)
+
+    read_only = session()
+    assert read_only["user_id"] == 42
+    assert engine.plan_save(read_only, ("k",)).ops == []  # a read writes nothing, index too
+    written = session()
+    written["cart"] = 1
+    rewrite, index, prune = engine.plan_save(written, ("k",)).ops
+    assert rewrite.write is not None
+    assert rewrite.write.create  # replaced whole in this store's format...
+    assert index.key == index_key(store, "user_id", dumps(42))  # ...and indexed
+    assert index.write is not None
+    assert list(index.write.changed) == [SID]
+    assert (prune.kind, prune.key, prune.touch) == ("load", index.key, False)

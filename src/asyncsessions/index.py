@@ -58,9 +58,10 @@ def plan_index(
     now = round(time.time(), 3)
     for i, store in enumerate(engine.stores):
         state = states[i]
-        if not store.index_by or state.failed or state.loaded_foreign:
+        if not store.index_by or state.failed or (state.loaded_foreign and not wrote):
             continue
-        old_sid = state.sid if state.loaded else None
+        # Another library's record was never indexed: its rewrite (this write) indexes it.
+        old_sid = state.sid if state.loaded and not state.loaded_foreign else None
         new_sid = sids_after[i]
         for field in store.index_by:
             old = state.loaded.get(field) if old_sid is not None else None
