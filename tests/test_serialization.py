@@ -93,6 +93,20 @@ def test_join_and_split() -> None:
         split_fields(b"[1]")
 
 
+def test_split_gives_each_fields_own_text_and_refuses_what_is_no_object_of_fields() -> None:
+    fields = {"é\n": dumps({"ü": [1.5, None, "\u2028"]}), "": dumps("x"), "z": dumps(b"\0")}
+    blob = join_fields(fields)
+    assert split_fields(blob) == fields
+    assert split_fields(blob.decode()) == fields
+    assert split_fields(b' { "a" : 1 , "b":[1, 2] }\n') == {"a": b"1", "b": b"[1, 2]"}
+    assert split_fields(b"{}") == {}
+    junk = [b"", b"{", b'{"a"}', b'{"a":}', b'{"a":1,}', b'{"a":1 "b":2}', b'{"a":1}x',
+            b"[1]", b"\xff", b"{1:2}", b'{"a":nul}', b'{"a":' + b"[" * 100_000 + b"}"]
+    for data in junk:
+        with pytest.raises(ValueError):
+            split_fields(data)
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
     | st.binary() | st.uuids() | st.datetimes(timezones=st.none() | st.timezones()),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
@@ -227,13 +228,59 @@ def join_fields(fields: Mapping[str, bytes]) -> bytes:
     return b"{" + b",".join(parts) + b"}"
 
 
+# The stdlib's C scanner: (value, end offset) of the JSON value at an offset.
+_scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+_whitespace = re.compile(r"[ \t\n\r]*")  # JSON's; it always matches, if only nothing
+_scanstring = json.decoder.scanstring  # type: ignore[attr-defined]
+
+
 def split_fields(data: bytes | str) -> dict[str, bytes]:
-    """The serialized fields of a :func:`join_fields` object; ``ValueError`` if it is not one."""
+    """The serialized fields of a :func:`join_fields` object; ``ValueError`` if it is not one.
+
+    Each field's text is sliced out where the scanner says its value ends: checked (it is
+    parsed) but not encoded again, which took more than half the time of a 200-field split.
+    The slice is the very bytes :func:`dumps` wrote when :func:`join_fields` made the object.
+    """
+    text = data.decode("utf-8") if isinstance(data, bytes) else data
     try:
-        obj = json.loads(data)
+        return _split(text)
     except RecursionError as exc:
         raise ValueError("not a serialized session: nested too deeply") from exc
-    if type(obj) is not dict:
+    except StopIteration:  # what the scanner raises where no value starts
+        raise ValueError("not a serialized session: a field without a value") from None
+
+
+def _space(text: str, at: int) -> int:
+    """Where the whitespace at ``at`` ends."""
+    return _whitespace.match(text, at).end()  # type: ignore[union-attr]
+
+
+def _split(text: str) -> dict[str, bytes]:
+    fields: dict[str, bytes] = {}
+    at = _space(text, 0)
+    if text[at:at + 1] != "{":
         raise ValueError("not a serialized session")
-    # Re-encoding the parsed tagged values gives the very bytes dumps() would give.
-    return {k: _encoder.encode(v).encode("utf-8") for k, v in obj.items()}
+    at = _space(text, at + 1)
+    if text[at:at + 1] == "}":
+        at += 1
+    else:
+        while True:
+            if text[at:at + 1] != '"':
+                raise ValueError("not a serialized session: a name that is no string")
+            name, at = _scanstring(text, at + 1)
+            at = _space(text, at)
+            if text[at:at + 1] != ":":
+                raise ValueError("not a serialized session: a name without a value")
+            start = _space(text, at + 1)
+            _, at = _scan(text, start)
+            fields[name] = text[start:at].encode("utf-8")
+            at = _space(text, at)
+            end = text[at:at + 1]
+            at = _space(text, at + 1)
+            if end == "}":
+                break
+            if end != ",":
+                raise ValueError("not a serialized session: fields not separated by commas")
+    if _space(text, at) != len(text):
+        raise ValueError("not a serialized session: text after the object")
+    return fields
