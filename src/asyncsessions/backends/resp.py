@@ -62,13 +62,19 @@ class _Protocol(asyncio.Protocol):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
     def send(self, args: tuple[Any, ...]) -> asyncio.Future[Any]:
-        packed = hiredis.pack_command(args)  # before queueing: a bad argument must not cost a slot
+        return self.send_all((args,))[0]
+
+    def send_all(self, commands: tuple[tuple[Any, ...], ...]) -> list[asyncio.Future[Any]]:
+        """Queue a future per command and write them all at once (one segment, one trip)."""
+        # Packed before queueing: a bad argument must not cost a slot.
+        packed = b"".join([hiredis.pack_command(args) for args in commands])
         if not self.pending:
             self.heard = time.monotonic()
-        future = asyncio.get_running_loop().create_future()
-        self.pending.append(future)
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in commands]
+        self.pending.extend(futures)
         self.transport.write(packed)
-        return future
+        return futures
 
     def data_received(self, data: bytes) -> None:
         self.heard = time.monotonic()
@@ -168,7 +174,7 @@ class RespClient:
 
     async def _call_all(self, protocol: _Protocol, commands: tuple[tuple[Any, ...], ...]
                         ) -> list[Any]:
-        futures = [protocol.send(args) for args in commands]
+        futures = protocol.send_all(commands)
         replies: list[Any] = []
         try:
             for future in futures:
