@@ -19,9 +19,11 @@ decide on. What a compiled encoder can and cannot take over:
   without it has no tag and needs no untag walk, and text with fewer than MAX_DEPTH
   brackets cannot nest too deeply: the compiled decoder's result is the value. orjson parses
   integers beyond 64 bits as floats: text with a run of 19+ digits goes to the stdlib decoder.
-- **split_fields** (memcached's and the signed cookie's one blob): asyncsessions parses the
-  whole blob and encodes every field again to get its bytes. The stdlib's C scanner
-  (``JSONDecoder.scan_once``) returns where each value ends, so the fields' exact text can be
+- **split_fields** (the signed cookie's one blob, memcached's records of the earlier layout):
+  asyncsessions used to parse the whole blob and encode every field again to get its bytes;
+  it now slices them as ``raw_split`` does (memcached's own layout needs no split). The
+  stdlib's C scanner (``JSONDecoder.scan_once``) returns where each value ends, so the
+  fields' exact text can be
   sliced out, parsed (checked) but never re-encoded (``raw_split``, used by the stdlib and
   orjson candidates: orjson has no raw spans); msgspec decodes the outer object into
   ``msgspec.Raw`` spans without parsing the values at all.
