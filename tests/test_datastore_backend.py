@@ -707,8 +707,10 @@ async def test_cleanup_deletes_a_bounded_batch_and_gets_past_foreign_entities(
 
 
 @pytest.mark.anyio
-async def test_cleanup_spares_a_record_refreshed_after_its_query(
-    backend: DatastoreBackend, probe: datastore.Client, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("remover", ["cleanup", "purge"])
+async def test_a_record_refreshed_after_the_query_is_spared(
+    backend: DatastoreBackend, probe: datastore.Client, monkeypatch: pytest.MonkeyPatch,
+    remover: str,
 ) -> None:
     dead(probe, "revived")
     dead(probe, "dead")
@@ -721,7 +723,10 @@ async def test_cleanup_spares_a_record_refreshed_after_its_query(
         return found
 
     monkeypatch.setattr(client, "run_query", query_then_refresh)
-    await backend._cleanup()
+    if remover == "cleanup":
+        await backend._cleanup()
+    else:
+        assert await purged(backend, batch=10, dry_run=False) == [1]
     assert names(probe) == {"revived"}
 
 
@@ -769,25 +774,6 @@ async def test_purge_removes_dead_records_in_bounded_batches(
     assert names(probe) == {"foreign:dead", KEY}
     assert await purged(backend, batch=2, dry_run=False) == []
     assert await backend.load(KEY, touch=False) == Record({"a": b"1"})
-
-
-@pytest.mark.anyio
-async def test_purge_spares_a_record_refreshed_after_its_query(
-    backend: DatastoreBackend, probe: datastore.Client, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    dead(probe, "revived")
-    dead(probe, "dead")
-    client = backend.client
-    real_query = client.run_query
-
-    async def query_then_refresh(*args: Any, **kwargs: Any) -> Any:
-        found = await real_query(*args, **kwargs)
-        age(probe, "revived", 600)  # as a write that read it just before its expiry would
-        return found
-
-    monkeypatch.setattr(client, "run_query", query_then_refresh)
-    assert await purged(backend, batch=10, dry_run=False) == [1]
-    assert names(probe) == {"revived"}
 
 
 @pytest.mark.anyio

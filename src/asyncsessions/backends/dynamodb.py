@@ -440,21 +440,28 @@ class DynamoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[_Connection
         ))
         return reply.get("Item")
 
-    async def load(self, key: str, *, touch: bool) -> Record | None:
+    async def _fetch(self, key: str) -> tuple[bytes, Decimal] | _Found | None:
+        """The item under ``key``: Flask-Session's (value, expiration), or ours parsed;
+        ``None`` if absent. Raises ``_NotOurs`` for any other item."""
         item = await self._get(key)
         if item is None:
             return None
+        theirs = _their_item(item) if self.reads_flask_session else None
+        return theirs if theirs is not None else _parse(item, self.ttl_attribute)
+
+    async def load(self, key: str, *, touch: bool) -> Record | None:
         try:
-            theirs = _their_item(item) if self.reads_flask_session else None
-            if theirs is not None:
-                data, expiration = theirs
+            found = await self._fetch(key)
+            if isinstance(found, tuple):
+                data, expiration = found
                 if expiration <= Decimal(_their_now()):
                     return None
                 # Never touched (their lifetime is not stored): the next write replaces it.
                 return flask_session.read(self, key, data)
-            found = _parse(item, self.ttl_attribute)
         except _NotOurs as exc:
             self.unreadable(key, str(exc))
+            return None
+        if found is None:
             return None
         now = time.time()
         left = found.ends - Decimal(now)
@@ -584,17 +591,16 @@ class DynamoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[_Connection
         return found
 
     async def expires_at(self, key: str) -> float | None:
-        item = await self._get(key)
-        if item is None:
-            return None
         try:
-            theirs = _their_item(item) if self.reads_flask_session else None
-            if theirs is not None:
-                ends = float(theirs[1]) + time.time() - _their_now()  # on the Unix clock
-            else:
-                ends = float(_parse(item, self.ttl_attribute).ends)
+            found = await self._fetch(key)
         except _NotOurs:
             return None
+        if found is None:
+            return None
+        if isinstance(found, tuple):
+            ends = float(found[1]) + time.time() - _their_now()  # on the Unix clock
+        else:
+            ends = float(found.ends)
         return ends if ends > time.time() else None
 
     async def purge(self, prefix: str, *, batch: int, dry_run: bool) -> AsyncIterator[int]:

@@ -276,33 +276,31 @@ async def _update_loaded(
     """
     if write.removed and not write.changed:
         return False  # it may empty the record: the general path deletes it in the same step
-    values = {_path(name): _text(value) for name, value in write.changed.items()}
-    if write.permanent is None:
-        update: Document = {"$set": {**values, "touched": now, **_expiry(now, ttl)}}
-    elif write.ttl is None:
-        raise ValueError("a write that sets the permanent flag needs its ttl")
-    else:
-        update = {"$set": {**values, **_flag(write.permanent, write.ttl, now)}}
-    if write.removed:
-        update["$unset"] = {_path(name): "" for name in write.removed}
+    update = _update_document(write, now, {"touched": now, **_expiry(now, ttl)})
     # No type checks beyond the numbers': they cost nx-27017 0.5 ms of a 1.3 ms update.
     result = await sessions.update_one(
         {"_id": key, "ttl": ttl, "touched": {"$gt": now - ttl}}, update)
     return result.matched_count == 1
 
 
-async def _update(
-    sessions: AsyncCollection[Document], key: str, write: Write, now: float
-) -> bool:
+def _update_document(write: Write, now: float, touch: Document) -> Document:
+    """``$set``/``$unset`` of ``write``; ``touch`` restarts the lifetime when the flag stays."""
     values = {_path(name): _text(value) for name, value in write.changed.items()}
     if write.permanent is None:
-        update: Document = {"$set": {**values, "touched": now}}
+        update: Document = {"$set": {**values, **touch}}
     elif write.ttl is None:
         raise ValueError("a write that sets the permanent flag needs its ttl")
     else:
         update = {"$set": {**values, **_flag(write.permanent, write.ttl, now)}}
     if write.removed:
         update["$unset"] = {_path(name): "" for name in write.removed}
+    return update
+
+
+async def _update(
+    sessions: AsyncCollection[Document], key: str, write: Write, now: float
+) -> bool:
+    update = _update_document(write, now, {"touched": now})
     emptying = bool(write.removed) and not write.changed
     doc = await sessions.find_one_and_update(
         {"$and": [{"_id": key}, {"$expr": {"$cond": [_OURS, _alive(now), False]}}]},
