@@ -130,7 +130,8 @@ def test_a_cachelib_store_cannot_keep_an_index(tmp_path: Path) -> None:
 def test_entries_of_sessions_long_gone_are_pruned_at_the_next_login(tmp_path: Path) -> None:
     config = {"SESSION_CONFIG": [{
         "cookie_name": "auth", "session_type": "filesystem", "directory": str(tmp_path),
-        "index_by": ["user_id"], "session_lifetime": 1, "index_lifetime": 1,
+        "index_by": ["user_id"], "session_lifetime": 1, "session_permanent_lifetime": 1,
+        "index_lifetime": 1,
     }]}
     gone = login(config, "flask", 42)
     gone.close()  # the browser is gone: its session is never logged out
@@ -221,10 +222,83 @@ def test_another_librarys_session_is_indexed_when_it_is_rewritten() -> None:
     assert engine.plan_save(read_only, ("k",)).ops == []  # a read writes nothing, index too
     written = session()
     written["cart"] = 1
-    rewrite, index, prune = engine.plan_save(written, ("k",)).ops
-    assert rewrite.write is not None
-    assert rewrite.write.create  # replaced whole in this store's format...
-    assert index.key == index_key(store, "user_id", dumps(42))  # ...and indexed
+    index, prune = engine.plan_save(written, ("k",)).ops
+    assert index.key == index_key(store, "user_id", dumps(42))  # indexed first...
     assert index.write is not None
     assert list(index.write.changed) == [SID]
     assert (prune.kind, prune.key, prune.touch) == ("load", index.key, False)
+    assert index.then is not None
+    index.written = True
+    [rewrite] = index.then(index)  # ...then replaced whole in this store's format
+    assert rewrite.write is not None
+    assert rewrite.write.create
+
+
+@pytest.mark.parametrize(("entries", "key", "message"), [
+    ([{"session_fields": ["user_id"], "index_by": ["user_id"]},
+      {"cookie_name": "c", "session_type": "secure_cookie", "session_fields": "auto"},
+      {"cookie_name": "d", "session_type": "secure_cookie", "session_fields": ["user_id"]}],
+     "index_by", r"also kept by the cookie store SESSION_CONFIG\[2\]"),
+    ([{"index_by": ["user_id"], "session_lifetime": 60, "index_lifetime": 30}],
+     "index_lifetime", "shorter than the sessions it lists live"),
+    ([{"index_lifetime": 3600}], "index_lifetime", "goes with index_by"),
+])
+def test_an_index_that_would_miss_sessions_is_refused(
+    entries: list[dict[str, Any]], key: str, message: str, tmp_path: Path
+) -> None:
+    first = {"cookie_name": "s", "session_type": "filesystem", "directory": str(tmp_path),
+             "session_permanent_lifetime": 60}
+    config = {"SESSION_CONFIG": [{**first, **entries[0]}, *entries[1:]]}
+    with pytest.raises(ValueError, match=rf"SESSION_CONFIG\[0\] '{key}'.*{message}"):
+        parse_config(config, instance_path=str(tmp_path))
+
+
+def test_a_stale_entry_never_revokes_the_session_of_whoever_holds_it_now(
+    tmp_path: Path,
+) -> None:
+    from asyncsessions.backends.base import Write
+    from asyncsessions.index import index_key
+    from asyncsessions.serialization import dumps
+
+    config = {"SESSION_CONFIG": [{"cookie_name": "auth", "session_type": "filesystem",
+                                  "directory": str(tmp_path), "index_by": ["user_id"]}]}
+    device = login(config, "flask", 42)
+    try:
+        device.post("set", {"user_id": 43})  # the session now belongs to user 43
+        [store] = device.app.extensions["asyncsessions"].stores
+        sid = device.cookies()["auth"]
+        # What a request that loaded the session as 42's, and wrote after the change, leaves.
+        stale = Write({sid: dumps({"ids": {"auth": sid}, "at": 0})}, (), True, 3600,
+                      create=True)
+        assert asyncio.run(store.backend.store(index_key(store, "user_id", b"42"), stale))
+        assert revoke_sessions(device.app, user_id=42) == 0
+        assert device.show()["user_id"] == "43"
+        with pytest.raises(ValueError, match="name one indexed field"):
+            revoke_sessions(device.app, user_id=43, role="admin")
+    finally:
+        device.close()
+
+
+@pytest.mark.parametrize("on_error", ["raise", "degrade"])
+def test_a_login_whose_index_write_fails_does_not_log_in(on_error: str, tmp_path: Path) -> None:
+    from asyncsessions.backends.filesystem import FilesystemBackend
+
+    class NoIndex(FilesystemBackend):
+        async def store(self, key: str, write: Any) -> bool:
+            if "~" in key:
+                raise OSError("index unavailable")
+            return await super().store(key, write)
+
+    config = {"SESSION_CONFIG": [{
+        "cookie_name": "auth", "session_type": NoIndex(directory=str(tmp_path)),
+        "index_by": ["user_id"], "on_error": on_error,
+    }]}
+    device = Driver("flask", config)
+    try:
+        reply = device.post("regenerate", {"user_id": 42})
+        assert reply.status == (500 if on_error == "raise" else 200)
+        assert "auth" not in device.cookies()
+        assert device.show() == {}  # not logged in, so nothing revoke_sessions could miss
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        device.close()

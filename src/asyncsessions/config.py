@@ -16,7 +16,7 @@ from werkzeug.sansio.response import Response
 
 from . import dialects
 from .backends import flask_session
-from .backends.base import Backend, Store
+from .backends.base import Backend, ClientSideBackend, Store
 from .errors import SessionConfigWarning
 
 __all__ = [
@@ -277,12 +277,21 @@ def _parse_entry(index: int, entry: Any, app: Mapping[str, Any]) -> StoreConfig:
                 )
         lifetime = permanent_lifetime = max_age
     index_by = _index_by(index, entry.get("index_by", ()), backend)
-    # Long enough that a session in use (it slides without a write) stays listed; writes of
-    # an indexed session restart it.
-    index_lifetime = _seconds(
-        index, "index_lifetime",
-        get("index_lifetime", (int, float, timedelta), 10 * max(lifetime, permanent_lifetime)),
-    ) if index_by else 0
+    longest = max(lifetime, permanent_lifetime)
+    index_lifetime = 0
+    if index_by:
+        # Long enough that a session in use (it slides without a write) stays listed;
+        # writes of an indexed session restart it.
+        index_lifetime = _seconds(
+            index, "index_lifetime",
+            get("index_lifetime", (int, float, timedelta), 10 * longest),
+        )
+        if index_lifetime < longest:
+            raise _entry_error(index, "index_lifetime", f"{index_lifetime} s is shorter than "
+                               f"the sessions it lists live ({longest} s): they would "
+                               "escape revoke_sessions")
+    elif "index_lifetime" in entry:
+        raise _entry_error(index, "index_lifetime", "goes with index_by")
     return StoreConfig(
         index=index,
         backend=backend,
@@ -449,6 +458,13 @@ def _check_together(stores: tuple[StoreConfig, ...]) -> None:
             if not store.fields.owns(name, included):
                 raise _entry_error(store.index, "index_by",
                                    f"field {name!r} is not kept by this store (session_fields)")
+            cookie = next((other for other in stores if other.fields.owns(name, included)
+                           and isinstance(other.backend, ClientSideBackend)), None)
+            if cookie is not None:
+                # Revoking would delete the record, and the cookie's copy would log back in.
+                raise _entry_error(store.index, "index_by",
+                                   f"field {name!r} is also kept by the cookie store "
+                                   f"SESSION_CONFIG[{cookie.index}]: keep it server-side only")
         try:
             store.backend.check_key_prefix(store.key_prefix)
         except ValueError as exc:

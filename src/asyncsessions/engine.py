@@ -215,6 +215,7 @@ class Engine:
         cookies: list[Cookie] = []
         #: Each store's session id once the save is done (``None``: no record).
         sids_after: list[str | None] = [state.sid for state in session.states]
+        writes: list[Op | None] = [None] * len(self.stores)
         rows = zip(self.stores, session.states, per_store, codecs, strict=True)
         for i, (store, state, fields, codec) in enumerate(rows):
             sids_after[i] = state.sid if state.failed else None
@@ -285,6 +286,7 @@ class Engine:
                     lifetime if sets_flag else None, create=replace,
                 ))
                 ops.append(write)
+                writes[i] = write
             value = codec.encode(sid)
             # Flask's rule, per store: a new or re-signed id, a change of permanence (the
             # cookie gains or loses its expiry), or a permanent session that was written or
@@ -293,8 +295,7 @@ class Engine:
                     or (permanent and (write is not None or self.refresh))):
                 cookies.append(Cookie(store, value, permanent, write))
         if self.indexed:
-            ops += plan_index(self, session.states, per_store, sids_after,
-                              wrote=any(op.kind == "store" for op in ops))
+            ops = plan_index(self, session.states, per_store, sids_after, ops, writes)
         if not can_set_cookies:
             cookies = []
         # Flask's rule: a response that read the session or carries its cookie varies by it.

@@ -52,10 +52,11 @@ class Session:
 
 
 def revoke_sessions(app: Any, **values: Any) -> int:
-    """Log out everywhere: delete every session whose indexed fields have these values.
+    """Log out everywhere: delete every session whose indexed field has this value.
 
     ``revoke_sessions(app, user_id=42)`` deletes, in every store, each session that a store
-    with ``index_by=["user_id"]`` lists under 42, and returns how many there were. Callable
+    with ``index_by=["user_id"]`` lists under 42 (and that still holds 42), and returns how
+    many there were. One field per call. Callable
     from Flask views, scripts and commands; in async code (Quart views, ASGI) await
     :func:`revoke_sessions_async` instead (Starlette/FastAPI: pass ``request.app``).
     """
