@@ -57,6 +57,13 @@ _BIG_INT = re.compile(rb"[0-9]{19}")
 _INF = float("inf")
 
 
+def _deeper(depth: int) -> int:
+    if depth >= MAX_DEPTH:
+        raise SerializationError(f"cannot store a value nested more than {MAX_DEPTH} "
+                                 "levels deep")
+    return depth + 1
+
+
 def _walk(value: Any, depth: int = 0) -> Any:
     """The tagged form of ``value``; the very same object when nothing in it needs a tag."""
     kind = type(value)
@@ -67,10 +74,7 @@ def _walk(value: Any, depth: int = 0) -> Any:
             return {" f": repr(value)}
         return value
     if kind is list:
-        depth += 1
-        if depth > MAX_DEPTH:
-            raise SerializationError(f"cannot store a value nested more than {MAX_DEPTH} "
-                                     "levels deep")
+        depth = _deeper(depth)
         out: Any = None
         for i, item in enumerate(value):
             t = type(item)
@@ -83,10 +87,7 @@ def _walk(value: Any, depth: int = 0) -> Any:
                 out[i] = new
         return value if out is None else out
     if kind is dict:
-        depth += 1
-        if depth > MAX_DEPTH:
-            raise SerializationError(f"cannot store a value nested more than {MAX_DEPTH} "
-                                     "levels deep")
+        depth = _deeper(depth)
         if len(value) == 1:
             (key,) = value
             if isinstance(key, str) and key.startswith(" "):
@@ -112,10 +113,7 @@ def _walk(value: Any, depth: int = 0) -> Any:
                 out[key] = new
         return value if out is None else out
     if kind is tuple:
-        depth += 1
-        if depth > MAX_DEPTH:
-            raise SerializationError(f"cannot store a value nested more than {MAX_DEPTH} "
-                                     "levels deep")
+        depth = _deeper(depth)
         return {" t": [_walk(item, depth) for item in value]}
     # Every other type: the same conversions as asyncsessions (one place for the rules).
     return std._tag(value, depth)

@@ -2,6 +2,8 @@
 
 from typing import Any
 
+import pytest
+
 # server fixtures: redis_server, redis_cluster, memcached_server, mongo_server, firestore_emulator,
 # postgres_server, mariadb_server (tests/servers.py); dynamodb_server, datastore_emulator and
 # opensearch_server each in a module of its own. tests/ is not a package, so pytest's default
@@ -25,3 +27,9 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests run on asyncio, the loop every supported server (and the bridge) uses."""
+    return "asyncio"

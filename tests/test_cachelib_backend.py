@@ -29,7 +29,8 @@ from asyncsessions.backends.base import Record, Write, masked
 from asyncsessions.backends.cachelib import CacheLibBackend, _Verbatim
 from asyncsessions.config import parse_config
 from asyncsessions.ids import new_id
-from asyncsessions.serialization import dumps, join_fields
+from asyncsessions.serialization import join_fields
+from storekit import v
 
 pytestmark = pytest.mark.anyio
 
@@ -37,10 +38,6 @@ KINDS = ["simple", "filesystem", "filesystem_threshold", "redis"]
 DAY = 86400
 #: Set when a pickle this store read was run: it must never be.
 RAN: list[str] = []
-
-
-def v(value: Any) -> bytes:
-    return dumps(value)
 
 
 def _ran(what: str) -> None:
@@ -52,11 +49,6 @@ class Planted:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_ran, ("a pickle was unpickled",))
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture(params=[

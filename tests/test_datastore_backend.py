@@ -45,23 +45,15 @@ from asyncsessions.backends.datastore import DatastoreBackend
 from asyncsessions.config import parse_config
 from asyncsessions.ids import new_id
 from server_datastore import DatastoreEmulator
+from storekit import create
 
 SID = "AbC-_123" + "x" * 35
 KEY = "session:" + SID
 STORE_PROPERTIES = {"expires", "ttl", "permanent"}
 
 
-def create(fields: dict[str, bytes], *, permanent: bool = False, ttl: int = 600) -> Write:
-    return Write(fields, (), permanent, ttl, create=True)
-
-
 def now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture

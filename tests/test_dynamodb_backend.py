@@ -52,23 +52,10 @@ from asyncsessions.backends.base import Record, Write, close_loop_clients, maske
 from asyncsessions.backends.dynamodb import DynamoDBBackend
 from asyncsessions.config import parse_config
 from asyncsessions.ids import new_id
-from asyncsessions.serialization import dumps
 from server_dynamodb import MotoServer
+from storekit import create, v
 
 pytestmark = pytest.mark.server("dynamodb")
-
-
-def v(value: Any) -> bytes:
-    return dumps(value)
-
-
-def create(fields: dict[str, bytes], *, permanent: bool = False, ttl: int = 600) -> Write:
-    return Write(fields, (), permanent, ttl, create=True)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture

@@ -58,12 +58,9 @@ from asyncsessions.config import parse_config
 from asyncsessions.ids import new_id
 from server_opensearch import OpenSearchServer
 from serverkit import free_port
+from storekit import create
 
 KEY = "session:" + "AbC-_123" + "x" * 35
-
-
-def create(fields: dict[str, bytes], *, permanent: bool = False, ttl: int = 600) -> Write:
-    return Write(fields, (), permanent, ttl, create=True)
 
 
 def now_ms() -> int:
@@ -116,11 +113,6 @@ class Probe:
         status, body = self.call("GET", f"/{self.index}/_count")
         assert status == 200, body
         return int(body["count"])
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture

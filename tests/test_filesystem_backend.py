@@ -27,11 +27,6 @@ KEY = "session:" + SID
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def directory(tmp_path: Path) -> Path:
     return tmp_path / "sessions"
 

@@ -22,19 +22,11 @@ from asyncsessions.backends.firestore import FirestoreBackend
 from asyncsessions.config import parse_config
 from asyncsessions.ids import new_id
 from servers import FirestoreEmulator
+from storekit import create
 
 SID = "AbC-_123" + "x" * 35
 KEY = "session:" + SID
 FUTURE = datetime.now(timezone.utc) + timedelta(days=1)
-
-
-def create(fields: dict[str, bytes], *, permanent: bool = False, ttl: int = 600) -> Write:
-    return Write(fields, (), permanent, ttl, create=True)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture

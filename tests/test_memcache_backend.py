@@ -41,11 +41,6 @@ _LAST_PREFIXES = (b"HD", b"EN", b"SERVER_ERROR", b"CLIENT_ERROR", b"ERROR")
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def prefix() -> str:
     return f"t{uuid.uuid4().hex[:8]}:"
 

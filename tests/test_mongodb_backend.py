@@ -67,11 +67,6 @@ class Commands(monitoring.CommandListener):
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def collection() -> str:
     return f"t{uuid.uuid4().hex[:8]}"
 

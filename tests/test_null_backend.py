@@ -18,11 +18,6 @@ pytestmark = pytest.mark.anyio
 KEY = "session:" + new_id()
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def test_reads_empty_refuses_writes_and_deletes_nothing() -> None:
     backend = NullBackend()
     assert await backend.load(KEY, touch=True) is None

@@ -24,21 +24,12 @@ from asyncsessions.backends.base import Record, Write, masked
 from asyncsessions.backends.peewee import PeeweeBackend
 from asyncsessions.config import parse_config
 from asyncsessions.ids import new_id
-from asyncsessions.serialization import dumps
+from storekit import v
 
 pytestmark = pytest.mark.anyio
 
 KINDS = ["sqlite", "sqlite_async", "postgresql", "postgresql_pool", "postgresql_async"]
 DAY = 86400
-
-
-def v(value: Any) -> bytes:
-    return dumps(value)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture(params=[

@@ -27,18 +27,13 @@ from asyncsessions.backends.base import Record, Write, close_loop_clients, maske
 from asyncsessions.backends.sqlalchemy import SQLAlchemyBackend, _async_url
 from asyncsessions.config import parse_config
 from asyncsessions.ids import new_id
-from asyncsessions.serialization import dumps
+from storekit import v
 
 DIALECTS = [
     pytest.param("postgresql", marks=pytest.mark.server("postgresql")),
     pytest.param("mysql", marks=pytest.mark.server("mariadb")),
     "sqlite",
 ]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture(params=DIALECTS)
@@ -61,10 +56,6 @@ def table() -> str:
 async def backend(url: str, table: str) -> AsyncIterator[SQLAlchemyBackend]:
     yield SQLAlchemyBackend(url=url, table=table)
     await close_loop_clients()
-
-
-def v(value: Any) -> bytes:
-    return dumps(value)
 
 
 def new_key() -> str:

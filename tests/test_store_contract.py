@@ -35,7 +35,7 @@ from app_fixtures import SERVER_STORES, store_config, unreachable
 from asyncsessions.backends.base import Backend, Record, Write, close_loop_clients, masked
 from asyncsessions.config import parse_config
 from asyncsessions.ids import new_id
-from asyncsessions.serialization import dumps
+from storekit import v
 
 T = TypeVar("T")
 
@@ -54,10 +54,6 @@ DOWN_LIMIT = 5.0
 MARKER = b"FOREIGN"
 #: Flask-Session 0.8's msgpack for {"_permanent": True, "user_id": "FOREIGN"}.
 FOREIGN_MSGPACK = b"\x82\xaa_permanent\xc3\xa7user_id\xa7" + MARKER
-
-
-def v(value: Any) -> bytes:
-    return dumps(value)
 
 
 @pytest.fixture(params=[

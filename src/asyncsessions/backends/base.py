@@ -128,6 +128,14 @@ class Write:
     #: A new id: create the record. ``False``: update it only if it still exists.
     create: bool = False
 
+    def __post_init__(self) -> None:
+        # Checked once here, so no store has to: a flag without its lifetime, or a new
+        # record without either, is a bug in the caller.
+        if self.permanent is not None and self.ttl is None:
+            raise ValueError("a write that sets the permanent flag needs its ttl")
+        if self.create and self.permanent is None:
+            raise ValueError("a new record needs its permanent flag and ttl")
+
 
 class Store:
     """What both kinds of store share: a name, settings checks, and log lines."""

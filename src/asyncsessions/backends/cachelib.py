@@ -115,8 +115,6 @@ class CacheLibBackend(Backend):
         return None if stored is None else Record(stored.fields, stored.permanent)
 
     async def store(self, key: str, write: Write) -> bool:
-        if write.permanent is not None and write.ttl is None:
-            raise ValueError("a write that sets the permanent flag needs its ttl")
         # A snapshot: the caller's loop goes on while the thread runs.
         write = Write(dict(write.changed), tuple(write.removed), write.permanent, write.ttl,
                       create=write.create)
@@ -163,8 +161,8 @@ class CacheLibBackend(Backend):
             if write.create:
                 fields: dict[str, bytes] = {}
                 permanent, ttl = write.permanent, write.ttl
-                if permanent is None or ttl is None:
-                    raise ValueError("a new record needs its permanent flag and ttl")
+                assert permanent is not None
+                assert ttl is not None
             else:
                 try:
                     stored = self._read(key)

@@ -516,10 +516,6 @@ class DatastoreBackend(ClientBackend[DatastoreAsyncClient]):
             await self._transaction(client, key, entity_key, refreshed, attempts=1)
 
     async def store(self, key: str, write: Write) -> bool:
-        if write.permanent is None and write.create:
-            raise ValueError("a new record needs its permanent flag and ttl")
-        if write.permanent is not None and write.ttl is None:
-            raise ValueError("a write that sets the permanent flag needs its ttl")
         client = self.client
         entity_key = self._key(key)
         if not write.create:
@@ -529,7 +525,7 @@ class DatastoreBackend(ClientBackend[DatastoreAsyncClient]):
             await self.delete(key)  # a record without fields is none
             return True
         # A new id: whatever is under it is another program's, replaced whole.
-        assert write.permanent is not None
+        assert write.permanent is not None  # see Write
         assert write.ttl is not None
         entity = _entity(entity_key, dict(write.changed), permanent=write.permanent,
                          ttl=write.ttl, expires=_expiry(_now(), write.ttl))

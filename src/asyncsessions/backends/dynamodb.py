@@ -488,14 +488,12 @@ class DynamoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[_Connection
         return found.record
 
     async def store(self, key: str, write: Write) -> bool:
-        if write.permanent is not None and write.ttl is None:
-            raise ValueError("a write that sets the permanent flag needs its ttl")
         changed = {_stored_name(name): _value(value) for name, value in write.changed.items()}
         removed = [_stored_name(name) for name in dict.fromkeys(write.removed)
                    if name not in write.changed]
         if write.create:
-            if write.permanent is None or write.ttl is None:
-                raise ValueError("a new record needs its permanent flag and ttl")
+            assert write.permanent is not None  # see Write
+            assert write.ttl is not None
             if not changed:
                 await self.delete(key)  # a record without fields is none
                 return True

@@ -263,8 +263,6 @@ class ElasticsearchBackend(ClientBackend[_Conn]):
         return record
 
     async def store(self, key: str, write: Write) -> bool:
-        if write.permanent is not None and write.ttl is None:
-            raise ValueError("a write that sets the permanent flag needs its ttl")
         conn = self.client
         if write.create:
             written = await self._create(conn.http, key, write)
@@ -335,8 +333,8 @@ class ElasticsearchBackend(ClientBackend[_Conn]):
     # -- writes -------------------------------------------------------------------------------
 
     async def _create(self, http: _Http, key: str, write: Write) -> bool:
-        if write.permanent is None or write.ttl is None:
-            raise ValueError("a new record needs its permanent flag and ttl")
+        assert write.permanent is not None  # see Write
+        assert write.ttl is not None
         if not write.changed:
             await self.delete(key)  # a record without fields is none
             return True

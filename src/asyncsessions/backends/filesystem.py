@@ -101,8 +101,6 @@ class FilesystemBackend(Backend):
             return None
 
     async def store(self, key: str, write: Write) -> bool:
-        if write.permanent is not None and write.ttl is None:
-            raise ValueError("a write that sets the permanent flag needs its ttl")
         # A snapshot: the caller's loop goes on while the thread runs.
         write = Write(dict(write.changed), tuple(write.removed), write.permanent, write.ttl,
                       create=write.create)
@@ -282,8 +280,8 @@ def _create(path: str, write: Write) -> bool:
     fields = _merged({}, write)
     if not fields:
         return True  # nothing to create
-    if write.permanent is None or write.ttl is None:
-        raise ValueError("a new record needs its permanent flag and ttl")
+    assert write.permanent is not None  # see Write
+    assert write.ttl is not None
     try:
         file = _open_locked(path, create=True)
     except FileNotFoundError:

@@ -288,10 +288,6 @@ class FirestoreBackend(ClientBackend[firestore.AsyncClient]):
         return record
 
     async def store(self, key: str, write: Write) -> bool:
-        if write.permanent is None and write.create:
-            raise ValueError("a new record needs its permanent flag and ttl")
-        if write.permanent is not None and write.ttl is None:
-            raise ValueError("a write that sets the permanent flag needs its ttl")
         document = self._document(key)
         if not write.create:
             return await self._update(key, document, write)

@@ -358,8 +358,6 @@ class MemcacheBackend(flask_session.ReadsFlaskSession, ClientBackend[_Servers]):
         return Record(dict(stored.fields), stored.permanent)
 
     async def store(self, key: str, write: Write) -> bool:
-        if write.permanent is not None and write.ttl is None:
-            raise ValueError("a write that sets the permanent flag needs its ttl")
         client = self.client.for_key(key)
         name = key.encode()
         # Taken whatever the write: a load's record serves the write of its own request only.
@@ -466,8 +464,8 @@ class MemcacheBackend(flask_session.ReadsFlaskSession, ClientBackend[_Servers]):
             fields.pop(field, None)
         if not fields:
             return True  # nothing to create
-        if write.permanent is None or write.ttl is None:
-            raise ValueError("a new record needs its permanent flag and ttl")
+        assert write.permanent is not None  # see Write
+        assert write.ttl is not None
         permanent, ttl = write.permanent, write.ttl
         self._learn(ttl)
         item: _Item | None = None

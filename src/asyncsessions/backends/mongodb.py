@@ -248,8 +248,8 @@ class MongoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[AsyncClient]
 async def _create(
     sessions: AsyncCollection[Document], key: str, write: Write, now: float
 ) -> bool:
-    if write.permanent is None or write.ttl is None:
-        raise ValueError("a new record needs its permanent flag and ttl")
+    assert write.permanent is not None  # see Write
+    assert write.ttl is not None
     if not write.changed:
         await sessions.delete_one({"_id": key})  # a record without fields is none
         return True
@@ -286,10 +286,8 @@ async def _update_loaded(
 def _update_document(write: Write, now: float, touch: Document) -> Document:
     """``$set``/``$unset`` of ``write``; ``touch`` restarts the lifetime when the flag stays."""
     values = {_path(name): _text(value) for name, value in write.changed.items()}
-    if write.permanent is None:
+    if write.permanent is None or write.ttl is None:  # (both or neither: see Write)
         update: Document = {"$set": {**values, **touch}}
-    elif write.ttl is None:
-        raise ValueError("a write that sets the permanent flag needs its ttl")
     else:
         update = {"$set": {**values, **_flag(write.permanent, write.ttl, now)}}
     if write.removed:

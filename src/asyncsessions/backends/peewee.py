@@ -160,8 +160,6 @@ class PeeweeBackend(Backend):
             return None
 
     async def store(self, key: str, write: Write) -> bool:
-        if write.permanent is not None and write.ttl is None:
-            raise ValueError("a write that sets the permanent flag needs its ttl")
         removed = frozenset(write.removed)
         # A snapshot (a sync database's thread runs while the caller's loop goes on); a field
         # both set and removed is removed, as in every store.
@@ -297,8 +295,8 @@ class PeeweeBackend(Backend):
         sql = self._sql
         with self._transaction():
             if write.create:
-                if write.permanent is None or write.ttl is None:
-                    raise ValueError("a new record needs its permanent flag and ttl")
+                assert write.permanent is not None  # see Write
+                assert write.ttl is not None
                 # A new id has no record of ours: whatever is under it is replaced whole.
                 self._execute(sql.put_session, (key, write.permanent, write.ttl, write.ttl))
                 self._execute(sql.delete_fields, (key,))

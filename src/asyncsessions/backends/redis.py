@@ -313,12 +313,8 @@ class RedisBackend(flask_session.ReadsFlaskSession, ClientBackend[AsyncClient]):
     async def store(self, key: str, write: Write) -> bool:
         changed = write.changed
         args: list[bytes | str | int] = [_TTL, _PERMANENT, b"1" if write.create else b"0"]
-        if write.permanent is None:
-            if write.create:
-                raise ValueError("a new record needs its permanent flag and ttl")
+        if write.permanent is None or write.ttl is None:  # (both or neither: see Write)
             args += (b"", len(changed))
-        elif write.ttl is None:
-            raise ValueError("a write that sets the permanent flag needs its ttl")
         else:
             args += (write.ttl, len(changed) + 2, _TTL, write.ttl,
                      _PERMANENT, b"1" if write.permanent else b"0")

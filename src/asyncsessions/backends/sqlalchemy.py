@@ -394,8 +394,6 @@ class SQLAlchemyBackend(flask_session.ReadsFlaskSession, ClientBackend[_Database
         return record
 
     async def store(self, key: str, write: Write) -> bool:
-        if write.permanent is not None and write.ttl is None:
-            raise ValueError("a write that sets the permanent flag needs its ttl")
         ttl = None if write.ttl is None else min(write.ttl, _MAX_TTL)
         sql = self._sql
         async with await self._connect() as conn:
@@ -404,8 +402,7 @@ class SQLAlchemyBackend(flask_session.ReadsFlaskSession, ClientBackend[_Database
                           for name, value in write.changed.items() if name not in write.removed}
                 if not fields:
                     return True  # nothing to create
-                if write.permanent is None:
-                    raise ValueError("a new record needs its permanent flag and ttl")
+                assert write.permanent is not None  # see Write
                 await conn.execute(sql.create, {"id": key, "data": _dumps(fields),
                                                 "permanent": write.permanent, "ttl": ttl})
                 written = True
