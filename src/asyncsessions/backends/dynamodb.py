@@ -497,12 +497,19 @@ class DynamoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[_Connection
             if not changed:
                 await self.delete(key)  # a record without fields is none
                 return True
-            item: dict[str, AttributeValueTypeDef] = {
-                **self._key(key), "f": {"M": changed}, "permanent": {"BOOL": write.permanent},
-                "ttl": _number(write.ttl), **_ending(time.time(), write.ttl, self.ttl_attribute),
-            }
-            # A new id: whatever is under it is another program's, replaced whole.
-            await self._run(lambda client: client.put_item(TableName=self.table, Item=item))
+            permanent, ttl = write.permanent, write.ttl
+
+            def put(client: DynamoDBClient) -> Awaitable[Any]:
+                # The expiry counts from the call itself: a first write may wait for the
+                # table to be created, and the retry must not start the session half-expired.
+                item: dict[str, AttributeValueTypeDef] = {
+                    **self._key(key), "f": {"M": changed}, "permanent": {"BOOL": permanent},
+                    "ttl": _number(ttl), **_ending(time.time(), ttl, self.ttl_attribute),
+                }
+                # A new id: whatever is under it is another program's, replaced whole.
+                return client.put_item(TableName=self.table, Item=item)
+
+            await self._run(put)
             return True
         return await self._update(key, write, changed, removed)
 
