@@ -203,23 +203,101 @@ def _untag(value: Any, depth: int = 0) -> Any:
     return {key: _untag(item, depth) for key, item in value.items()}
 
 
+_INF = (float("inf"), float("-inf"))
+
+
+def _untagged(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is JSON as it is, needing no tag (and nested not too deep).
+
+    Checked without copying, so the encoder can write such a value (the usual one) straight
+    away; ``_tag`` would rebuild it first. A cyclic value is too deep, hence False.
+    """
+    kind = type(value)
+    if kind is dict or kind is list:
+        if depth >= MAX_DEPTH:
+            return False
+        if kind is dict:
+            for key in value:
+                if type(key) is not str:
+                    return False
+            if len(value) == 1 and next(iter(value))[:1] == " ":
+                return False  # a key that looks like a tag: escaped by _tag
+            value = value.values()
+        for item in value:
+            kind = type(item)
+            if kind is str or kind is int or kind is bool or item is None:
+                continue
+            if kind is float:
+                if item != item or item in _INF:
+                    return False
+            elif not _untagged(item, depth + 1):
+                return False
+        return True
+    if kind is float:
+        return value == value and value not in _INF
+    return kind is str or kind is int or kind is bool or value is None
+
+
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=True)
+# The encoder JSONEncoder.encode builds anew at every call, built once. No cycle check:
+# what it is given is acyclic (nested at most MAX_DEPTH deep, checked before).
+_encode_chunks = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+    None, _encoder.default, json.encoder.encode_basestring,
+    None, ":", ",", False, False, True,
+) if json.encoder.c_make_encoder is not None else None  # type: ignore[attr-defined]
+
+
+def _encode(value: Any) -> str:
+    if _encode_chunks is None:  # pragma: no cover - CPython always has the C encoder
+        return _encoder.encode(value)
+    return "".join(_encode_chunks(value, 0))
 
 
 def dumps(value: Any) -> bytes:
     """Serialize one session value to UTF-8 JSON text."""
     try:
-        return _encoder.encode(_tag(value)).encode("utf-8")
+        return _encode(value if _untagged(value) else _tag(value)).encode("utf-8")
     except UnicodeEncodeError as exc:  # a lone surrogate has no UTF-8 form
         raise SerializationError(f"cannot store text that is not valid Unicode: {exc}") from exc
 
 
 def loads(data: bytes | str) -> Any:
     """The value :func:`dumps` serialized; ``ValueError`` if ``data`` is not such text."""
+    plain = _plain_text(data)
+    if plain is not None:
+        # No tag and too few brackets to nest too deep: the untag walk would only copy what
+        # the decoder made (it was half the time of a 1 KB field's load).
+        return _plain_decode(plain)
     try:
         return _untag(json.loads(data))
     except (TypeError, KeyError, AttributeError, ArithmeticError, RecursionError) as exc:
         raise ValueError(f"not a serialized session value: {exc}") from exc
+
+
+_plain_decode = json.JSONDecoder().decode
+
+
+def _plain_text(data: bytes | str) -> str | None:
+    """``data`` as text if it holds no tag and cannot nest past MAX_DEPTH, else None.
+
+    Every tag is an object key starting with a space, which the text spells ``" `` or
+    ``"\\u0020``. Bytes count as UTF-8 only where ``json.loads`` would read them so (no BOM,
+    no NUL among the first two bytes, by which it detects UTF-16 and UTF-32).
+    """
+    if type(data) is bytes:
+        if not b"\x00" < data[:1] < b"\x80" or data[1:2] == b"\x00":
+            return None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    elif type(data) is str:
+        text = data
+    else:
+        return None
+    if '" ' in text or "\\u0020" in text or text.count("{") + text.count("[") > MAX_DEPTH:
+        return None
+    return text
 
 
 def join_fields(fields: Mapping[str, bytes]) -> bytes:
