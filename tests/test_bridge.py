@@ -518,3 +518,29 @@ def test_bridge_close_closes_every_connection(
     bridge.close()
     assert not bridge._idle
     assert eventually(lambda: not connection_ids(admin, name))
+
+
+def test_interrupted_call_leaves_its_loop_fit_for_the_next(
+    bridge: Bridge, loop_counter: list[asyncio.AbstractEventLoop]
+) -> None:
+    # Ctrl-C lands while the session I/O is still waiting.
+    async def interrupted() -> None:
+        asyncio.get_running_loop().call_soon(_raise_keyboard_interrupt)
+        await asyncio.sleep(5)
+
+    with pytest.raises(KeyboardInterrupt):
+        bridge.run(interrupted)
+
+    async def answer() -> int:
+        await asyncio.sleep(0.01)
+        return 42
+
+    started = time.monotonic()
+    assert bridge.run(answer) == 42  # on the same pooled loop, not stopped by the first
+    assert time.monotonic() - started < 1
+    assert len(loop_counter) == 1
+    assert not asyncio.all_tasks(loop_counter[0])
+
+
+def _raise_keyboard_interrupt() -> None:
+    raise KeyboardInterrupt

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Coroutine
@@ -99,7 +100,7 @@ class Bridge:
         except IndexError:
             loop = self._new_loop()
         try:
-            return loop.run_until_complete(factory())
+            return _run_until_complete(loop, factory())
         finally:
             if self._closed or len(self._idle) >= MAX_IDLE_LOOPS:
                 _close_loop(loop)
@@ -151,6 +152,36 @@ class _SharedExecutor(ThreadPoolExecutor):
 
     def close(self) -> None:
         super().shutdown(wait=False)
+
+
+def _run_until_complete(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
+    """``loop.run_until_complete(coro)``, one turn of the loop shorter (~6 µs of ~20).
+
+    The task stops the loop as it finishes, where ``run_until_complete`` stops it from a
+    done callback, which takes one more turn (a ``select`` and a pass over the ready queue).
+    """
+    async def main() -> T:
+        try:
+            return await coro
+        finally:
+            loop.stop()
+
+    task = loop.create_task(main())
+    try:
+        loop.run_forever()
+    except BaseException:  # a KeyboardInterrupt, say, in the middle of the I/O
+        if not task.done():
+            # Wound up here, or a later call on this pooled loop would resume it (and be
+            # stopped by its finally).
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                loop.run_forever()
+        elif not task.cancelled():
+            task.exception()  # raised here already: not "never retrieved" when collected
+        raise
+    if not task.done():
+        raise RuntimeError("Event loop stopped before the session I/O completed.")
+    return task.result()
 
 
 def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
