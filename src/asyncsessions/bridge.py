@@ -1,7 +1,7 @@
 """Runs the engine's coroutines from Flask's synchronous session hooks.
 
-Design: a pool of idle event loops, each run *in the calling thread* with
-``loop.run_until_complete``. A request thread takes any idle loop, runs its session I/O on it
+Design: a pool of idle event loops, each run *in the calling thread* until the call's task
+is done (as ``loop.run_until_complete`` does, one loop turn shorter). A request thread takes any idle loop, runs its session I/O on it
 and gives it back; the store clients live per loop (:class:`~.backends.base.LoopClients`), so
 their connection pools are reused across requests and threads.
 
