@@ -1,9 +1,10 @@
 """Runs the engine's coroutines from Flask's synchronous session hooks.
 
 Design: a pool of idle event loops, each run *in the calling thread* until the call's task
-is done (as ``loop.run_until_complete`` does, one loop turn shorter). A request thread takes any idle loop, runs its session I/O on it
-and gives it back; the store clients live per loop (:class:`~.backends.base.LoopClients`), so
-their connection pools are reused across requests and threads.
+is done (as ``loop.run_until_complete`` does, one loop turn shorter). A request thread takes
+any idle loop, runs its session I/O on it and gives it back; the store clients live per loop
+(:class:`~.backends.base.LoopClients`), so their connection pools are reused across requests
+and threads.
 
 Why not one loop thread per process: measured on this project's 2-core machines, a hop to
 another thread's loop costs ~95-160 µs, about one loopback Redis round trip, twice per
