@@ -32,6 +32,7 @@ import redis
 import redis.asyncio
 from werkzeug.serving import make_server
 
+import asyncsessions
 import asyncsessions.bridge
 from apps import flask_app
 from asyncsessions.bridge import Bridge, get_bridge
@@ -43,9 +44,15 @@ def unique() -> str:
     return f"bridge-{uuid.uuid4().hex[:10]}"
 
 
-def redis_entry(url: str, name: str, **more: Any) -> dict[str, Any]:
-    """A SESSION_CONFIG entry whose connections are named ``name`` on the server."""
-    return {"cookie_name": "sid", "session_type": "redis", "url": f"{url}?client_name={name}",
+def redis_entry(url: str, name: str, *, plain: bool = False, **more: Any) -> dict[str, Any]:
+    """A SESSION_CONFIG entry whose connections are named ``name`` on the server.
+
+    RESP3 keeps redis-py's async client, which needs an event loop: the bridge's loops are
+    what most tests here are about. ``plain``: a plain connection, whose one-op plans run
+    without any loop (section 7).
+    """
+    query = f"client_name={name}" + ("" if plain else "&protocol=3")
+    return {"cookie_name": "sid", "session_type": "redis", "url": f"{url}?{query}",
             "key_prefix": f"{name}:", **more}
 
 
@@ -278,7 +285,8 @@ def test_loops_closed_over_the_cap_close_their_connections(
     entry = redis_entry(redis_server.url, name)
     if how == "client":
         del entry["url"]
-        entry["client"] = redis.asyncio.Redis.from_url(redis_server.url, client_name=name)
+        entry["client"] = redis.asyncio.Redis.from_url(redis_server.url, client_name=name,
+                                                       protocol=3)
     client = make_app({"SESSION_CONFIG": [entry]}, bridge).test_client()
     gc.disable()  # a leaked connection would otherwise close whenever gc happens to run
     try:
@@ -544,3 +552,74 @@ def test_interrupted_call_leaves_its_loop_fit_for_the_next(
 
 def _raise_keyboard_interrupt() -> None:
     raise KeyboardInterrupt
+
+
+# 7. one op on a plain redis connection: no event loop at all
+
+
+def test_plain_redis_single_ops_run_without_a_loop_on_one_connection_per_thread(
+    redis_server: Any, admin: redis.Redis, bridge: Bridge, loop_counter: list[Any]
+) -> None:
+    name = unique()
+    app = make_app({"SESSION_CONFIG": [redis_entry(redis_server.url, name, plain=True)]},
+                   bridge)
+    client = app.test_client()
+    for i in range(10):
+        assert client.post("/set", json={"n": i}).status_code == 200
+        assert client.get("/show").get_json() == {"n": repr(i)}
+    assert loop_counter == []
+    assert not bridge._idle
+    mine = connection_ids(admin, name)
+    assert len(mine) == 1
+
+    def one_request(i: int) -> None:
+        assert client.post("/set", json={"n": i}).status_code == 200
+
+    for i in range(10):  # a thread per request, as werkzeug's threaded server runs them
+        thread = threading.Thread(target=one_request, args=(i,))
+        thread.start()
+        thread.join()
+    assert client.get("/show").get_json() == {"n": "9"}
+    # Each ended thread's connection is closed when the next thread makes its own.
+    assert eventually(lambda: len(connection_ids(admin, name)) <= 2)
+    assert mine <= connection_ids(admin, name)
+    assert loop_counter == []
+    bridge.close()
+    assert eventually(lambda: not connection_ids(admin, name))
+
+
+def test_plain_redis_plan_of_several_ops_goes_through_the_bridge(
+    redis_server: Any, bridge: Bridge, loop_counter: list[Any]
+) -> None:
+    name = unique()
+    app = make_app({"SESSION_CONFIG": [redis_entry(redis_server.url, name, plain=True)]},
+                   bridge)
+    client = app.test_client()
+    client.post("/set", json={"n": 1})
+    assert loop_counter == []
+    # regenerate(): delete the old record and write the new one, concurrently on a loop.
+    assert client.post("/regenerate").status_code == 200
+    assert client.get("/show").get_json() == {"n": "1"}
+    assert len(loop_counter) == 1
+
+
+def test_plain_redis_that_hangs_times_out_without_a_loop(
+    bridge: Bridge, loop_counter: list[Any]
+) -> None:
+    import socket
+
+    with socket.socket() as black_hole:  # accepts connections, never answers
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen()
+        port = black_hole.getsockname()[1]
+        app = make_app({"TESTING": True, "SESSION_CONFIG": [{
+            "cookie_name": "sid", "session_type": "redis", "timeout": 0.3,
+            "url": f"redis://127.0.0.1:{port}/0",
+        }]}, bridge)
+        client = app.test_client()
+        client.set_cookie("sid", "A" * 43)
+        started = time.monotonic()
+        with pytest.raises(asyncsessions.SessionBackendError, match=r"no answer within 0\.3 s"):
+            client.get("/show")
+        assert time.monotonic() - started < 2
+    assert loop_counter == []

@@ -21,7 +21,7 @@ import redis.exceptions
 from redis.credentials import UsernamePasswordCredentialProvider
 
 from asyncsessions.backends import resp
-from asyncsessions.backends.base import Write, close_loop_clients
+from asyncsessions.backends.base import Write, close_loop_clients, run_without_loop
 from asyncsessions.backends.redis import RedisBackend, _FastClient
 from asyncsessions.backends.resp import RespClient
 
@@ -557,3 +557,77 @@ def test_without_hiredis_redis_py_does_everything(
 ) -> None:
     monkeypatch.setattr(resp, "AVAILABLE", False)
     assert type(store_client(RedisBackend(url=redis_server.url))) is redis.asyncio.Redis
+
+
+# outside any event loop: blocking exchanges (stores that run without a loop)
+
+
+def blocking(coro: Coroutine[Any, Any, T], seconds: float = 5.0) -> T:
+    return run_without_loop(coro, seconds)
+
+
+def test_outside_a_loop_commands_are_blocking_exchanges_on_one_socket(
+    redis_server: Any, admin: redis.Redis
+) -> None:
+    name = unique()
+    client = client_for(redis_server, client_name=name, db=2)
+    try:
+        assert blocking(client.execute("SET", "k", b"v")) == b"OK"
+        assert blocking(client.execute_all(("GET", "k"), ("HGET", "k", "f"), ("PING",)))[::2] == [
+            b"v", b"PONG"]
+        with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+            blocking(client.execute("HGET", "k", "f"))
+        assert len([c for c in admin.client_list() if c.get("name") == name]) == 1
+    finally:
+        blocking(client.aclose())
+    assert not [c for c in admin.client_list() if c.get("name") == name]
+    admin.select(2)
+    assert admin.get("k") == b"v"
+
+
+def test_outside_a_loop_a_socket_closed_while_idle_is_replaced(
+    redis_server: Any, admin: redis.Redis
+) -> None:
+    client = client_for(redis_server)
+    try:
+        before = blocking(connection_id(client))
+        assert admin.client_kill_filter(_id=before) == 1
+        after = blocking(connection_id(client))
+        assert before != after
+    finally:
+        blocking(client.aclose())
+
+
+def test_outside_a_loop_auth_errors_and_down_servers_are_redis_py_errors(
+    locked_server: tuple[int, redis.Redis]
+) -> None:
+    port, _ = locked_server
+    wrong = RespClient("127.0.0.1", port, username="alice", password="nope")
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        blocking(wrong.execute("PING"))
+    alice = RespClient("127.0.0.1", port, username="alice", password="wonder")
+    assert blocking(alice.execute("ACL", "WHOAMI")) == b"alice"
+    blocking(alice.aclose())
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    with pytest.raises(redis.exceptions.ConnectionError, match=f"127.0.0.1:{closed}"):
+        blocking(RespClient("127.0.0.1", closed).execute("PING"))
+
+
+def test_outside_a_loop_a_silent_server_times_out_at_the_deadline(
+    redis_server: Any, admin: redis.Redis
+) -> None:
+    client = client_for(redis_server)
+    try:
+        blocking(client.execute("PING"))
+        admin.client_pause(1000)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            blocking(client.execute("PING"), 0.2)
+        assert 0.15 < time.monotonic() - started < 0.8
+        admin.client_unpause()
+        # The socket that timed out had a reply still owed: it is dropped, not reused.
+        assert blocking(client.execute("ECHO", b"x")) == b"x"
+    finally:
+        blocking(client.aclose())

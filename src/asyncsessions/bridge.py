@@ -31,7 +31,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from .backends.base import CLOSE_TIMEOUT, close_loop_clients
+from .backends.base import CLOSE_TIMEOUT, close_loop_clients, close_thread_clients
 
 __all__ = ["Bridge", "get_bridge"]
 
@@ -135,6 +135,7 @@ class Bridge:
                 self._loop_thread.close()
                 self._loop_thread = None
         self._executor.close()
+        close_thread_clients()  # those of stores that ran without a loop
 
     def _after_fork_in_child(self) -> None:
         self._inherited += [*self._idle, self._loop_thread]

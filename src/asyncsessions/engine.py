@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import anyio
 
-from .backends.base import Backend, ClientSideBackend, Record, Write
+from .backends.base import Backend, ClientSideBackend, Record, Write, run_without_loop
 from .config import StoreConfig
 from .errors import SessionBackendError, SessionCookieTooLarge
 from .ids import IdCodec, new_id
@@ -446,6 +446,25 @@ class Engine:
                     op.followed = op.then(op)
                     following += op.followed
             ops = following
+
+    def run_without_loop(self, ops: Sequence[Op]) -> bool:
+        """Run a plan of one op on this thread with no event loop, if its store
+        ``runs_without_loop`` (a blocking round trip, as Flask-Session's); ``False``, with
+        nothing run, otherwise or inside a running loop. Failures are recorded as by
+        :meth:`run`."""
+        if len(ops) != 1 or asyncio._get_running_loop() is not None:
+            return False
+        (op,) = ops
+        backend = op.store.backend
+        if op.then is not None or not (isinstance(backend, Backend) and backend.runs_without_loop):
+            return False
+        started = time.perf_counter()
+        try:
+            run_without_loop(self._call(op), op.store.timeout)
+        except Exception as exc:
+            op.error = exc
+        op.seconds = time.perf_counter() - started
+        return True
 
     async def _run_round(self, ops: Sequence[Op]) -> None:
         if len(ops) == 1:

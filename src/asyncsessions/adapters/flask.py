@@ -27,7 +27,9 @@ class FlaskSessionInterface(SessionInterface):
 
     def open_session(self, app: Flask, request: Request) -> MultiStoreSession:
         plan = self.engine.plan_open(request.cookies, secret_keys(app))
-        if plan.ops:  # a config with only client-side stores never reaches an event loop
+        # A config with only client-side stores never reaches an event loop, nor does one
+        # op on a store that runs without one.
+        if plan.ops and not self.engine.run_without_loop(plan.ops):
             self.bridge.run(partial(self.engine.run, plan.ops))
         return self.engine.finish_open(plan)
 
@@ -42,6 +44,6 @@ class FlaskSessionInterface(SessionInterface):
             return
         session.saved = True  # open_session failed, or another interface made this session
         plan = self.engine.plan_save(session, secret_keys(app))
-        if plan.ops:
+        if plan.ops and not self.engine.run_without_loop(plan.ops):
             self.bridge.run(partial(self.engine.run, plan.ops))
         self.engine.finish_save(plan, response)

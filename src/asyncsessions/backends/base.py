@@ -62,6 +62,12 @@ Optional, for the ``flask sessions`` command (:mod:`asyncsessions.cli`); the def
     (the default): the store has no purge (its server expires records natively, or its own
     cleanup deletes them).
 
+Without an event loop: a store whose ``runs_without_loop`` is true may be called by Flask's
+bridge outside any event loop, for a request whose plan is that one op (no loop, task or
+wake-up: a blocking socket's round trip). Its coroutines must then complete without ever
+suspending, doing blocking I/O bounded by :func:`call_deadline`; :attr:`ClientBackend.client`
+is then a client of the calling thread. Inside a loop they run as usual.
+
 Errors: a store raises whatever its driver raises when the server fails (unreachable,
 refused, too large); the engine turns it into :class:`~asyncsessions.SessionBackendError`
 naming the store and its :attr:`Store.location`. Settings are checked in ``__init__`` (raise
@@ -72,12 +78,24 @@ atomic update or compare-and-set) says so with ``merges_fields = False`` and in 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
+import os
+import threading
+import time
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Coroutine,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import anyio.to_thread
 
@@ -89,9 +107,12 @@ __all__ = [
     "Record",
     "Store",
     "Write",
+    "call_deadline",
     "close_loop_clients",
+    "close_thread_clients",
     "masked",
     "run_blocking",
+    "run_without_loop",
 ]
 
 logger = logging.getLogger("asyncsessions")
@@ -184,6 +205,8 @@ class Backend(Store, ABC):
     #: Whether records may vanish before they expire (a cache under memory pressure): such a
     #: store cannot keep a session index (``index_by``).
     may_evict: ClassVar[bool] = False
+    #: Whether the coroutines below complete outside an event loop (see the module docstring).
+    runs_without_loop: bool = False
 
     @abstractmethod
     async def load(self, key: str, *, touch: bool) -> Record | None:
@@ -242,26 +265,62 @@ def masked(key: str) -> str:
     return key[: len(key) - ID_LENGTH + 4] + "…" if len(key) >= ID_LENGTH else key
 
 
+#: When the op a store runs outside an event loop must be done (``time.monotonic()``).
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "asyncsessions_deadline", default=None)
+
+
+def call_deadline() -> float | None:
+    """When the current op run outside an event loop must end (``time.monotonic()``);
+    ``None`` inside a loop, where the engine's timeout bounds it instead."""
+    return _deadline.get()
+
+
+def run_without_loop(coro: Coroutine[Any, Any, T], seconds: float) -> T:
+    """Run ``coro`` to its end on this thread with no event loop, within ``seconds``.
+
+    For stores that declare ``runs_without_loop``: a coroutine that suspends (it waited for
+    a loop) is closed and this raises ``RuntimeError``.
+    """
+    token = _deadline.set(time.monotonic() + seconds)
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return cast(T, done.value)
+    finally:
+        _deadline.reset(token)
+    coro.close()
+    raise RuntimeError("a store that runs without an event loop waited for one")
+
+
 class LoopClients(Generic[C]):
     """One client per running event loop, created on first use and closed with the loop.
 
     Async drivers bind their connections to the loop that opened them, so a client made on
     one loop must never be used on another (Flask's bridge runs several loops; Quart test
-    apps start a new loop per test).
+    apps start a new loop per test). Outside any loop (a store that ``runs_without_loop``)
+    each thread gets its own client, closed once the thread has ended (checked as clients
+    are made), at :func:`close_thread_clients`, and dropped unused after ``os.fork()``.
     """
 
     def __init__(
-        self, factory: Callable[[], C], closer: Callable[[C], Awaitable[None]]
+        self, factory: Callable[[], C], closer: Callable[[C], Coroutine[Any, Any, None]]
     ) -> None:
         self._factory = factory
         self._closer = closer
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, C] = (
             weakref.WeakKeyDictionary()
         )
+        self._by_thread: dict[int, tuple[weakref.ref[threading.Thread], C]] = {}
+        self._pid = os.getpid()
+        self._lock = threading.Lock()  # for making and closing thread clients, not using them
+        _all_loop_clients.add(self)
 
     def get(self) -> C:
-        """The client of the running loop."""
-        loop = asyncio.get_running_loop()
+        """The client of the running loop (of the calling thread, outside any loop)."""
+        loop = asyncio._get_running_loop()
+        if loop is None:
+            return self._thread_client()
         client = self._clients.get(loop)
         if client is None:
             client = self._factory()
@@ -273,6 +332,51 @@ class LoopClients(Generic[C]):
         client = self._clients.pop(loop, None)
         if client is not None:
             await self._closer(client)
+
+    def _thread_client(self) -> C:
+        if self._pid != os.getpid():
+            # Forked: the parent's connections are its own (closing our copies of their
+            # sockets would not end them, using them would).
+            self._by_thread, self._pid, self._lock = {}, os.getpid(), threading.Lock()
+        current = threading.current_thread()
+        entry = self._by_thread.get(threading.get_ident())
+        if entry is not None and entry[0]() is current:
+            return entry[1]
+        ended = []
+        with self._lock:
+            for ident, (thread, client) in list(self._by_thread.items()):
+                alive = thread()
+                if alive is None or not alive.is_alive():  # idents are reused once it ended
+                    del self._by_thread[ident]
+                    ended.append(client)
+            client = self._factory()
+            self._by_thread[threading.get_ident()] = (weakref.ref(current), client)
+        for old in ended:
+            self._close_now(old)
+        return client
+
+    def close_threads(self) -> None:
+        """Close every thread's client (outside any event loop)."""
+        with self._lock:
+            clients = [client for _, client in self._by_thread.values()]
+            self._by_thread = {}
+        for client in clients:
+            self._close_now(client)
+
+    def _close_now(self, client: C) -> None:
+        try:
+            run_without_loop(self._closer(client), CLOSE_TIMEOUT)
+        except Exception:
+            logger.debug("closing a store client failed", exc_info=True)
+
+
+_all_loop_clients: weakref.WeakSet[LoopClients[Any]] = weakref.WeakSet()
+
+
+def close_thread_clients() -> None:
+    """Close the clients threads made outside any event loop (at the bridge's close)."""
+    for clients in list(_all_loop_clients):
+        clients.close_threads()
 
 
 _closers: weakref.WeakKeyDictionary[

@@ -167,8 +167,10 @@ class RedisBackend(flask_session.ReadsFlaskSession, ClientBackend[AsyncClient]):
     A plain TCP connection to one server (host, port, db, username/password, client name,
     timeouts) goes through :mod:`.resp`: one pipelined connection per loop costs about half
     of ``redis.asyncio``'s pool and command machinery per op, which at loopback latency is
-    most of a request's session cost. TLS, unix sockets, credential providers, custom
-    connection classes or hooks, RESP3 and clusters keep ``redis.asyncio``.
+    most of a request's session cost; and such a store ``runs_without_loop``, so a Flask
+    request whose plan is one op on it makes a blocking round trip, no event loop involved.
+    TLS, unix sockets, credential providers, custom connection classes or hooks, RESP3 and
+    clusters keep ``redis.asyncio``.
 
     With ``sentinel`` (a list of ``(host, port)`` Redis Sentinel addresses) and
     ``service_name``, the master is found through the sentinels by redis-py's
@@ -247,6 +249,7 @@ class RedisBackend(flask_session.ReadsFlaskSession, ClientBackend[AsyncClient]):
             factory = redis.asyncio.RedisCluster if cluster else redis.asyncio.Redis
             fast = None if cluster else _fast_cloner_for_url(target)
             self._make = fast or (lambda: factory.from_url(target))
+            self.runs_without_loop = fast is not None
             self.location = _url_location(target, cluster=cluster)
         elif isinstance(client, redis.asyncio.RedisCluster):
             self._make = _cluster_cloner(client)
@@ -263,6 +266,7 @@ class RedisBackend(flask_session.ReadsFlaskSession, ClientBackend[AsyncClient]):
             pool = client.connection_pool
             fast = _fast_cloner(pool.connection_class, pool.connection_kwargs)
             self._make = fast or _pool_cloner(client)
+            self.runs_without_loop = fast is not None
             self.location = _server_location(pool.connection_class, pool.connection_kwargs)
         elif isinstance(client, redis.RedisCluster):
             known = client.nodes_manager.startup_nodes if hasattr(client, "nodes_manager") else {}

@@ -10,6 +10,8 @@ from typing import Any
 
 import redis.exceptions as errors
 
+from .base import call_deadline
+
 try:
     import hiredis
 except ImportError:  # pragma: no cover - the redis extra (redis[hiredis]) always brings it
@@ -117,6 +119,40 @@ class _Protocol(asyncio.Protocol):
                 future.set_exception(errors.ConnectionError(reason))
 
 
+class _Blocking:
+    """One blocking socket to the server, for commands awaited outside any event loop."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader = hiredis.Reader(replyError=_error)
+
+    def exchange(self, packed: bytes, count: int, deadline: float | None) -> list[Any]:
+        """Send ``packed`` (``count`` commands); their replies, error replies as objects."""
+        self._bound(deadline)
+        self.sock.sendall(packed)
+        replies: list[Any] = []
+        while True:
+            while len(replies) < count and (reply := self.reader.gets()) is not False:
+                replies.append(reply)
+            if len(replies) == count:
+                return replies
+            self._bound(deadline)
+            data = self.sock.recv(65536)
+            if not data:
+                raise errors.ConnectionError("Connection closed by server.")
+            self.reader.feed(data)
+
+    def _bound(self, deadline: float | None) -> None:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("redis did not answer in time")
+            self.sock.settimeout(left)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class RespClient:
     """Commands to one redis server over one pipelined TCP connection, for one event loop.
 
@@ -124,6 +160,10 @@ class RespClient:
     reply in its turn. It opens at the first command (after AUTH, SELECT, CLIENT SETNAME) and
     is replaced once lost. A command whose reused connection turns out closed (server restart,
     idle timeout) is sent once more, as redis-py retries: send only commands safe to repeat.
+
+    Awaited outside any event loop (a client of one thread: see ``runs_without_loop`` in
+    :mod:`.base`), a command is a blocking exchange on a socket of its own, bounded by
+    :func:`~.base.call_deadline`, and completes without suspending.
     """
 
     def __init__(self, host: str = "localhost", port: int = 6379, *, db: int = 0,
@@ -146,9 +186,15 @@ class RespClient:
             self._hello.append(("CLIENT", "SETNAME", client_name))
         self._protocol: _Protocol | None = None
         self._connecting = asyncio.Lock()
+        self._blocking: _Blocking | None = None
 
     async def execute(self, *args: str | bytes | int | float) -> Any:
         """Send one command; its reply (bytes, int, list, None), or its error raised."""
+        if asyncio._get_running_loop() is None:
+            (reply,) = self._exchange((args,))
+            if isinstance(reply, errors.RedisError):
+                raise reply
+            return reply
         protocol = self._protocol
         if protocol is None or not protocol.usable():
             return await self._call(await self._connect(), args)
@@ -162,6 +208,8 @@ class RespClient:
     async def execute_all(self, *commands: tuple[str | bytes | int | float, ...]) -> list[Any]:
         """Send several commands at once (one round trip); their replies in order, an error
         reply as its exception object instead of raised."""
+        if asyncio._get_running_loop() is None:
+            return self._exchange(commands)
         protocol = self._protocol
         if protocol is None or not protocol.usable():
             return await self._call_all(await self._connect(), commands)
@@ -192,8 +240,63 @@ class RespClient:
             raise
         return replies
 
+    def _exchange(self, commands: tuple[tuple[Any, ...], ...]) -> list[Any]:
+        """The blocking exchange (outside any loop); a reused socket found closed is
+        replaced and the commands sent once more."""
+        packed = b"".join([hiredis.pack_command(args) for args in commands])
+        deadline = call_deadline()
+        conn = self._blocking
+        if conn is not None:
+            try:
+                return conn.exchange(packed, len(commands), deadline)
+            except (ConnectionError, errors.ConnectionError):
+                self._drop_blocking()  # closed by the server while idle: once more, anew
+            except BaseException:
+                self._drop_blocking()  # no telling which replies are still to come
+                raise
+        conn = self._blocking = self._open_blocking(deadline)
+        try:
+            return conn.exchange(packed, len(commands), deadline)
+        except BaseException as exc:
+            self._drop_blocking()
+            if isinstance(exc, OSError) and not isinstance(exc, TimeoutError):
+                where = f"{self.host}:{self.port}"
+                raise errors.ConnectionError(f"Error talking to {where}: {exc}") from exc
+            raise
+
+    def _open_blocking(self, deadline: float | None) -> _Blocking:
+        where = f"{self.host}:{self.port}"
+        timeout = self.connect_timeout
+        if deadline is not None:
+            timeout = max(0.001, min(timeout, deadline - time.monotonic()))
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        except TimeoutError:
+            raise errors.TimeoutError(f"Timeout connecting to {where}") from None
+        except OSError as exc:
+            raise errors.ConnectionError(f"Error connecting to {where}: {exc}") from exc
+        conn = _Blocking(sock)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            if self._hello:
+                packed = b"".join([hiredis.pack_command(args) for args in self._hello])
+                for reply in conn.exchange(packed, len(self._hello), deadline):
+                    if isinstance(reply, Exception):
+                        raise reply
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _drop_blocking(self) -> None:
+        conn, self._blocking = self._blocking, None
+        if conn is not None:
+            conn.close()
+
     async def aclose(self) -> None:
         """Close the connection; callers still waiting fail, and a later command reconnects."""
+        self._drop_blocking()
         protocol, self._protocol = self._protocol, None
         if protocol is not None:
             protocol.fail(_CLOSED)
