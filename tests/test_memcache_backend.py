@@ -21,7 +21,13 @@ import pytest
 
 from apps import Driver
 from asyncsessions import Session, SessionConfigWarning
-from asyncsessions.backends.base import Record, Write, close_loop_clients, masked
+from asyncsessions.backends.base import (
+    Record,
+    Write,
+    close_loop_clients,
+    masked,
+    run_without_loop,
+)
 from asyncsessions.backends.memcache import (
     MemcacheBackend,
     _parse_entries,
@@ -1144,3 +1150,60 @@ def test_flask_session_sessions_on_a_hashclient_stay_logged_in(
         client = ours.test_client()
         client.set_cookie("session", sid)
         assert client.get("/show").text == str(user)
+
+
+# -- outside any event loop (Flask requests of one op) -------------------------------------
+
+
+def test_flask_requests_of_one_op_run_without_any_event_loop(
+    memcached_server: MemcachedServer, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_loop(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("an event loop was made")
+
+    monkeypatch.setattr(asyncio, "new_event_loop", no_loop)
+    app = make_app({"session_type": "memcache", "host": memcached_server.host,
+                    "port": memcached_server.port})
+    app.secret_key = "s"
+
+    @app.post("/put")
+    def put() -> str:
+        flask.session.update(flask.request.get_json())
+        return "ok"
+
+    @app.get("/get")
+    def get() -> Any:
+        return dict(flask.session)
+
+    client = app.test_client()
+    before = stats(memcached_server)
+    client.post("/put", json={"a": 1})
+    client.post("/put", json={"b": [2]})
+    assert client.get("/get").get_json() == {"a": 1, "b": [2]}
+    assert commands_since(memcached_server, before)["cmd_touch"] == 2  # the two gats
+    assert stats(memcached_server)["curr_connections"] <= before["curr_connections"] + 1
+
+
+def test_outside_a_loop_a_restarted_server_is_reconnected_to(
+    memcached_server: MemcachedServer, key: str
+) -> None:
+    backend = MemcacheBackend(host=memcached_server.host, port=memcached_server.port)
+    write = Write({"a": b"1"}, (), False, 60, create=True)
+    assert run_without_loop(backend.store(key, write), 5) is True
+    with memcached_server.down(kill=True), pytest.raises(OSError):
+        run_without_loop(backend.load(key, touch=False), 5)
+    # The socket of before the restart is replaced; the record went with the old process.
+    assert run_without_loop(backend.load(key, touch=False), 5) is None
+    assert run_without_loop(backend.store(key, write), 5) is True
+    assert run_without_loop(backend.load(key, touch=False), 5) == Record({"a": b"1"}, False)
+
+
+def test_outside_a_loop_a_silent_server_times_out_at_the_deadline(key: str) -> None:
+    with socket.socket() as black_hole:  # accepts connections, never answers
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen()
+        backend = MemcacheBackend(host="127.0.0.1", port=black_hole.getsockname()[1])
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            run_without_loop(backend.load(key, touch=True), 0.2)
+        assert time.monotonic() - started < 1

@@ -20,8 +20,8 @@ import threading
 import time
 import unicodedata
 import warnings
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 import aiomcache
 from aiomcache.pool import Connection
@@ -29,9 +29,11 @@ from aiomcache.pool import Connection
 from ..errors import SessionConfigWarning
 from ..serialization import split_fields
 from . import flask_session
-from .base import ClientBackend, Record, Write
+from .base import ClientBackend, Record, Write, call_deadline
 
 __all__ = ["MemcacheBackend"]
+
+T = TypeVar("T")
 
 # The earlier layout's record fields beside the session's own (read, never written).
 _TTL = "\0ttl"
@@ -121,8 +123,57 @@ class _Remembered:
         return loaded
 
 
+class _Blocking:
+    """One blocking socket to a memcached server, for commands awaited outside any loop."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = bytearray()
+
+    def send(self, data: bytes, deadline: float | None) -> None:
+        self._bound(deadline)
+        self.sock.sendall(data)
+
+    def readline(self, deadline: float | None) -> bytes:
+        """The next line, ``\r\n`` included."""
+        while (end := self.buffer.find(b"\r\n")) < 0:
+            self._fill(deadline)
+        return self._take(end + 2)
+
+    def readexactly(self, size: int, deadline: float | None) -> bytes:
+        while len(self.buffer) < size:
+            self._fill(deadline)
+        return self._take(size)
+
+    def _take(self, size: int) -> bytes:
+        data = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return data
+
+    def _fill(self, deadline: float | None) -> None:
+        self._bound(deadline)
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionResetError("memcached closed the connection")
+        self.buffer += data
+
+    def _bound(self, deadline: float | None) -> None:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("memcached did not answer in time")
+            self.sock.settimeout(left)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class _Client(aiomcache.Client):
     """aiomcache's connection pool, with the commands sessions need (``gats`` included).
+
+    Awaited outside any event loop (a client of one thread: see ``runs_without_loop`` in
+    :mod:`.base`), a command is a blocking exchange on a socket of its own instead, bounded
+    by :func:`~.base.call_deadline`.
 
     aiomcache returns a connection to its pool when a command is cancelled before its
     reply is read (aio-libs/aiomcache#489): the next command then reads that stale reply,
@@ -145,19 +196,18 @@ class _Client(aiomcache.Client):
     async def fetch(self, command: bytes, key: bytes) -> _Item | None:
         """The item ``command`` (``gets`` or ``gats <exptime>``) returns for ``key``."""
         self._validate_key(key)
+        request = b"%s %s\r\n" % (command, key)
+        if asyncio._get_running_loop() is None:
+            return self._exchange(request, lambda conn, deadline: _read_item(
+                key, conn.readline(deadline), lambda size: conn.readexactly(size, deadline),
+                lambda: conn.readline(deadline)))
         async with self._connection() as conn:
-            conn.writer.write(b"%s %s\r\n" % (command, key))
+            conn.writer.write(request)
             header = await conn.reader.readline()
             if header == b"END\r\n":
                 return None
-            terms = header.split()
-            if len(terms) not in (4, 5) or terms[:2] != [b"VALUE", key]:
-                raise _unexpected(header)
-            data = await conn.reader.readexactly(int(terms[3]) + 2)
-            end = await conn.reader.readline()
-            if end != b"END\r\n":
-                raise _unexpected(end)
-            return _Item(data[:-2], int(terms[2]), int(terms[4]) if len(terms) == 5 else 0)
+            data = await conn.reader.readexactly(_item_size(key, header))
+            return _item(key, header, data, await conn.reader.readline())
 
     async def call(self, line: bytes, data: bytes | None = None, *, then: bytes = b"") -> bytes:
         """Send one command (and its data block); the one-line reply.
@@ -165,16 +215,93 @@ class _Client(aiomcache.Client):
         ``then``: a second command line sent in the same round trip; its one-line reply is
         read and dropped (it is a ``touch`` whose outcome the first reply already tells).
         """
+        payload = b"%s\r\n" % line if data is None else b"%s\r\n%s\r\n" % (line, data)
+        request = payload + b"%s\r\n" % then if then else payload
+        if asyncio._get_running_loop() is None:
+            return self._exchange(request, lambda conn, deadline: _one_line(
+                conn.readline(deadline), conn.readline(deadline) if then else None))
         async with self._connection() as conn:
-            payload = b"%s\r\n" % line if data is None else b"%s\r\n%s\r\n" % (line, data)
-            conn.writer.write(payload + b"%s\r\n" % then if then else payload)
+            conn.writer.write(request)
             await conn.writer.drain()
             reply = await conn.reader.readline()
-            if not reply.endswith(b"\r\n"):
-                raise _unexpected(reply)
-            if then and not (await conn.reader.readline()).endswith(b"\r\n"):
-                raise _unexpected(b"")
-            return reply[:-2]
+            return _one_line(reply, await conn.reader.readline() if then else None)
+
+    _blocking: _Blocking | None = None
+
+    def _exchange(self, request: bytes, read: Callable[[_Blocking, float | None], T]) -> T:
+        """The blocking exchange (outside any loop): ``request`` sent, ``read`` its reply.
+
+        A reused socket the server closed while idle is replaced and the request sent once
+        more (every command here is safe to repeat: a conditional write that landed is
+        refused the second time, and a refused write is settled by reading again).
+        """
+        deadline = call_deadline()
+        for attempt in (0, 1):
+            fresh = self._blocking is None
+            if fresh:
+                self._blocking = self._connect_blocking(deadline)
+            conn = self._blocking
+            assert conn is not None
+            try:
+                conn.send(request, deadline)
+                return read(conn, deadline)
+            except (ConnectionError, aiomcache.ClientException) as exc:
+                self._drop_blocking()
+                if fresh or attempt or isinstance(exc, aiomcache.ClientException):
+                    raise
+            except BaseException:
+                self._drop_blocking()  # a reply may still be owed on it
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _connect_blocking(self, deadline: float | None) -> _Blocking:
+        timeout = 5.0 if deadline is None else max(0.001, deadline - time.monotonic())
+        sock = socket.create_connection((self._pool._host, self._pool._port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return _Blocking(sock)
+
+    def _drop_blocking(self) -> None:
+        conn, self._blocking = self._blocking, None
+        if conn is not None:
+            conn.close()
+
+    async def close(self) -> None:
+        self._drop_blocking()
+        if asyncio._get_running_loop() is not None:
+            await super().close()
+
+
+def _item_size(key: bytes, header: bytes) -> int:
+    """The data block's size (``\r\n`` included) a ``VALUE`` header announces."""
+    terms = header.split()
+    if len(terms) not in (4, 5) or terms[:2] != [b"VALUE", key] or not terms[3].isdigit():
+        raise _unexpected(header)
+    return int(terms[3]) + 2
+
+
+def _item(key: bytes, header: bytes, data: bytes, end: bytes) -> _Item:
+    if end != b"END\r\n":
+        raise _unexpected(end)
+    terms = header.split()
+    return _Item(data[:-2], int(terms[2]), int(terms[4]) if len(terms) == 5 else 0)
+
+
+def _read_item(key: bytes, header: bytes, read: Callable[[int], bytes],
+               readline: Callable[[], bytes]) -> _Item | None:
+    if header == b"END\r\n":
+        return None
+    data = read(_item_size(key, header))
+    return _item(key, header, data, readline())
+
+
+def _one_line(reply: bytes, then: bytes | None) -> bytes:
+    """A command's reply line, without its ``\r\n``; ``then``: the reply line of the
+    command sent with it, if any (only checked to be whole)."""
+    if not reply.endswith(b"\r\n"):
+        raise _unexpected(reply)
+    if then is not None and not then.endswith(b"\r\n"):
+        raise _unexpected(b"")
+    return reply[:-2]
 
 
 class _Servers:
@@ -198,7 +325,9 @@ class MemcacheBackend(flask_session.ReadsFlaskSession, ClientBackend[_Servers]):
     read: an ``aiomcache.Client`` (its pool settings are reused too), a pymemcache
     ``Client``, ``PooledClient`` or ``HashClient`` (its TLS context is reused), or a
     python-memcached ``memcache.Client``. Each event loop gets one aiomcache client per
-    server. aiomcache's default pool is 2 connections per loop and server: pass an
+    server; outside any loop (a Flask request of one op: the store ``runs_without_loop``
+    unless its client brings TLS settings) each thread gets a blocking socket per server.
+    aiomcache's default pool is 2 connections per loop and server: pass an
     ``aiomcache.Client`` with a larger ``pool_size`` for a busy Quart app.
 
     With several servers, each key lives on one of them, chosen by rendezvous (highest
@@ -312,6 +441,8 @@ class MemcacheBackend(flask_session.ReadsFlaskSession, ClientBackend[_Servers]):
         self.location = "memcached://" + ",".join(_address(h, p) for h, p in addresses)
         self._nodes = tuple(f"{h}:{p}" for h, p in addresses)  # pymemcache's node names
         self._options = options
+        # The blocking sockets speak plain TCP; a TLS client's settings keep to the loop.
+        self.runs_without_loop = not options.get("conn_args")
         self._guess: int | None = None  # the TTL gats refreshes with (see the class docstring)
         self._remembered = _Remembered()
 
@@ -328,6 +459,10 @@ class MemcacheBackend(flask_session.ReadsFlaskSession, ClientBackend[_Servers]):
         return _Servers([_Client(h, p, **self._options) for h, p in self.servers], self._nodes)
 
     async def _close_client(self, client: _Servers) -> None:
+        if asyncio._get_running_loop() is None:  # a thread's client: blocking sockets only
+            for each in client.clients:
+                each._drop_blocking()
+            return
         await asyncio.gather(*(c.close() for c in client.clients), return_exceptions=True)
 
     async def load(self, key: str, *, touch: bool) -> Record | None:
@@ -562,7 +697,11 @@ async def _put(
 
 
 async def _back_off(attempt: int) -> None:
-    await asyncio.sleep(random.uniform(0, min(_MAX_BACKOFF, 0.001 * 2**attempt)))
+    pause = random.uniform(0, min(_MAX_BACKOFF, 0.001 * 2**attempt))
+    if asyncio._get_running_loop() is None:
+        time.sleep(pause)  # a request thread's own blocking write (runs_without_loop)
+    else:
+        await asyncio.sleep(pause)
 
 
 def _fetched(item: _Item | None) -> _Loaded | None:
