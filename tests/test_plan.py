@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from typing import Any
 
@@ -188,3 +189,37 @@ def test_a_record_in_another_format_is_rewritten_whole_at_its_first_write() -> N
     session.clear()
     (op,) = engine().plan_save(session, KEYS).ops
     assert (op.kind, op.key) == ("delete", "session:" + SID)
+
+
+class Blocking(Nowhere):
+    """A store whose coroutines complete without an event loop (or, if told, wait for one)."""
+
+    runs_without_loop = True
+
+    def __init__(self, waits: bool = False) -> None:
+        super().__init__()
+        self.waits = waits
+
+    async def load(self, key: str, *, touch: bool) -> Record | None:
+        if self.waits:
+            await asyncio.sleep(0)  # suspends: there is no loop to resume it
+        return Record({"a": dumps(1)}, permanent=False)
+
+
+def test_one_op_on_a_store_that_needs_no_loop_runs_on_the_calling_thread() -> None:
+    eng = engine(session_type=Blocking())
+    plan = eng.plan_open({"s": SID}, KEYS)
+    assert eng.run_without_loop(plan.ops)
+    assert eng.finish_open(plan)["a"] == 1
+    # Stores that need a loop, or plans of several ops, are left to Engine.run.
+    assert not engine().run_without_loop(engine().plan_open({"s": SID}, KEYS).ops)
+    assert not eng.run_without_loop([*plan.ops, *plan.ops])
+
+
+def test_a_store_that_says_it_needs_no_loop_and_then_waits_for_one_fails_its_op() -> None:
+    eng = engine(session_type=Blocking(waits=True))
+    plan = eng.plan_open({"s": SID}, KEYS)
+    assert eng.run_without_loop(plan.ops)
+    (op,) = plan.ops
+    assert isinstance(op.error, RuntimeError)
+    assert "waited for one" in str(op.error)
