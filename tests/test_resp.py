@@ -26,6 +26,10 @@ from asyncsessions.backends.redis import RedisBackend, _FastClient
 from asyncsessions.backends.resp import RespClient
 
 T = TypeVar("T")
+# How long tests pause the server (CLIENT PAUSE cannot be lifted early: it pauses the
+# unpause too): far longer than what they wait for meanwhile, so that a stalled machine
+# cannot end it before the test has sent what it must.
+PAUSE_MS = 1000
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -296,7 +300,7 @@ def test_a_cancelled_command_leaves_no_reply_for_the_next_one(
         client = client_for(redis_server)
         try:
             before = await connection_id(client)
-            admin.client_pause(300)
+            admin.client_pause(PAUSE_MS)
             with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(client.execute("GET", a), 0.05)
             got = await client.execute("GET", b)  # answered once the pause ends
@@ -319,7 +323,7 @@ def test_cancelling_some_of_many_callers_keeps_every_other_reply_paired(
         client = client_for(redis_server)
         try:
             await client.execute("PING")
-            admin.client_pause(200)
+            admin.client_pause(PAUSE_MS)
             tasks = [asyncio.ensure_future(client.execute("GET", f"{name}:{i}"))
                      for i in range(60)]
             await asyncio.sleep(0.02)
@@ -347,7 +351,7 @@ def test_a_stalled_connection_is_replaced_when_a_caller_gives_up(
         client = client_for(redis_server, stalled_after=0.05)
         try:
             before = await connection_id(client)
-            admin.client_pause(400)
+            admin.client_pause(PAUSE_MS)
             other = asyncio.ensure_future(client.execute("GET", b))
             with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(client.execute("GET", a), 0.1)
@@ -374,7 +378,7 @@ def test_a_store_timeout_never_hands_one_session_another_sessions_record(
         await backend.store(f"{prefix}:a", Write({"who": b"a"}, (), False, 60, create=True))
         await backend.store(f"{prefix}:b", Write({"who": b"b"}, (), False, 60, create=True))
         await backend.load(f"{prefix}:b", touch=True)  # the script is cached: EVALSHA answers
-        admin.client_pause(300)
+        admin.client_pause(PAUSE_MS)
         with pytest.raises(TimeoutError), anyio.fail_after(0.05):
             await backend.load(f"{prefix}:a", touch=True)
         b = await backend.load(f"{prefix}:b", touch=True)
@@ -435,7 +439,7 @@ def test_close_fails_waiting_callers_and_a_later_command_reconnects(
     async def main() -> tuple[int, int]:
         client = client_for(redis_server)
         before = await connection_id(client)
-        admin.client_pause(200)
+        admin.client_pause(PAUSE_MS)
         waiting = asyncio.ensure_future(client.execute("PING"))
         await asyncio.sleep(0.01)
         await client.aclose()
@@ -621,7 +625,7 @@ def test_outside_a_loop_a_silent_server_times_out_at_the_deadline(
     client = client_for(redis_server)
     try:
         blocking(client.execute("PING"))
-        admin.client_pause(1000)
+        admin.client_pause(PAUSE_MS)
         started = time.monotonic()
         with pytest.raises(TimeoutError):
             blocking(client.execute("PING"), 0.2)
