@@ -107,6 +107,7 @@ __all__ = [
     "Record",
     "Store",
     "Write",
+    "bound_by_deadline",
     "call_deadline",
     "close_loop_clients",
     "close_thread_clients",
@@ -274,6 +275,15 @@ def call_deadline() -> float | None:
     """When the current op run outside an event loop must end (``time.monotonic()``);
     ``None`` inside a loop, where the engine's timeout bounds it instead."""
     return _deadline.get()
+
+
+def bound_by_deadline(sock: Any, deadline: float | None, server: str) -> None:
+    """Give a blocking socket what is left until ``deadline``; ``TimeoutError`` if nothing."""
+    if deadline is not None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"{server} did not answer in time")
+        sock.settimeout(left)
 
 
 def run_without_loop(coro: Coroutine[Any, Any, T], seconds: float) -> T:

@@ -29,7 +29,7 @@ from aiomcache.pool import Connection
 from ..errors import SessionConfigWarning
 from ..serialization import split_fields
 from . import flask_session
-from .base import ClientBackend, Record, Write, call_deadline
+from .base import ClientBackend, Record, Write, bound_by_deadline, call_deadline
 
 __all__ = ["MemcacheBackend"]
 
@@ -158,11 +158,7 @@ class _Blocking:
         self.buffer += data
 
     def _bound(self, deadline: float | None) -> None:
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("memcached did not answer in time")
-            self.sock.settimeout(left)
+        bound_by_deadline(self.sock, deadline, "memcached")
 
     def close(self) -> None:
         self.sock.close()

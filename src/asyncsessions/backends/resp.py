@@ -10,7 +10,7 @@ from typing import Any
 
 import redis.exceptions as errors
 
-from .base import call_deadline
+from .base import bound_by_deadline, call_deadline
 
 try:
     import hiredis
@@ -143,11 +143,7 @@ class _Blocking:
             self.reader.feed(data)
 
     def _bound(self, deadline: float | None) -> None:
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("redis did not answer in time")
-            self.sock.settimeout(left)
+        bound_by_deadline(self.sock, deadline, "redis")
 
     def close(self) -> None:
         self.sock.close()
