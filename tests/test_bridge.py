@@ -27,6 +27,8 @@ from http.cookies import SimpleCookie
 from typing import Any
 
 import flask
+import pymongo
+import pymongo.monitoring
 import pytest
 import redis
 import redis.asyncio
@@ -623,3 +625,108 @@ def test_plain_redis_that_hangs_times_out_without_a_loop(
             client.get("/show")
         assert time.monotonic() - started < 2
     assert loop_counter == []
+
+
+# 8. MongoDB without a loop: PyMongo's sync client, one for all threads
+
+
+class Pools(pymongo.monitoring.ConnectionPoolListener):
+    """Counts the connection pools (one per client and server) made and closed."""
+
+    def __init__(self) -> None:
+        self.created = 0
+        self.closed = 0
+
+    def pool_created(self, event: Any) -> None:
+        self.created += 1
+
+    def pool_closed(self, event: Any) -> None:
+        self.closed += 1
+
+    def __getattr__(self, name: str) -> Any:  # the other pool and connection events
+        return lambda event: None
+
+
+def mongodb_entry(mongo_server: Any, **more: Any) -> dict[str, Any]:
+    return {"cookie_name": "sid", "session_type": "mongodb", "url": mongo_server.url,
+            "collection": f"b{uuid.uuid4().hex[:8]}", **more}
+
+
+def test_mongodb_single_ops_run_without_a_loop_on_one_client_for_all_threads(
+    mongo_server: Any, bridge: Bridge, loop_counter: list[Any]
+) -> None:
+    pools = Pools()
+    user_client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        mongo_server.url, event_listeners=[pools], connect=False)
+    entry = mongodb_entry(mongo_server)
+    del entry["url"]
+    app = make_app({"SESSION_CONFIG": [{**entry, "client": user_client}]}, bridge)
+    client = app.test_client()
+    for i in range(5):
+        assert client.post("/set", json={"n": i}).status_code == 200
+        assert client.get("/show").get_json() == {"n": repr(i)}
+
+    def one_request(i: int) -> None:
+        assert client.post("/set", json={"n": i}).status_code == 200
+
+    for i in range(5):  # a thread per request, as werkzeug's threaded server runs them
+        thread = threading.Thread(target=one_request, args=(i,))
+        thread.start()
+        thread.join()
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda i: client.get("/show").status_code, range(20)))
+    assert client.get("/show").get_json() == {"n": "4"}
+    assert loop_counter == []
+    assert pools.created == 1  # the user's client made none: it never connected
+    bridge.close()
+    assert pools.closed == 1
+    assert client.get("/show").get_json() == {"n": "4"}  # a later request opens it anew
+    user_client.close()
+
+
+def test_mongodb_that_hangs_times_out_without_a_loop(
+    bridge: Bridge, loop_counter: list[Any]
+) -> None:
+    import socket
+
+    with socket.socket() as black_hole:  # accepts connections, never answers
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen()
+        port = black_hole.getsockname()[1]
+        app = make_app({"TESTING": True, "SESSION_CONFIG": [{
+            "cookie_name": "sid", "session_type": "mongodb", "timeout": 0.3,
+            "url": f"mongodb://127.0.0.1:{port}/?directConnection=true",
+        }]}, bridge)
+        client = app.test_client()
+        client.set_cookie("sid", "A" * 43)
+        started = time.monotonic()
+        with pytest.raises(asyncsessions.SessionBackendError, match=r"no answer within 0\.3 s"):
+            client.get("/show")
+        assert time.monotonic() - started < 2
+    assert loop_counter == []
+
+
+@pytest.mark.parametrize("kind", ["redis", "memcache", "mongodb"])
+def test_an_app_dropped_leaves_no_client_unclosed(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """Test suites make and drop apps: the clients their stores made without a loop are
+    closed with them, so ``-W error::ResourceWarning`` suites stay green."""
+    if kind == "redis":
+        server = request.getfixturevalue("redis_server")
+        entry = redis_entry(server.url, unique(), plain=True)
+    elif kind == "memcache":
+        server = request.getfixturevalue("memcached_server")
+        entry = {"cookie_name": "sid", "session_type": "memcache",
+                 "servers": [f"{server.host}:{server.port}"], "key_prefix": f"{unique()}:"}
+    else:
+        entry = mongodb_entry(request.getfixturevalue("mongo_server"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        app = make_app({"SESSION_CONFIG": [entry]}, None)
+        client = app.test_client()
+        assert client.post("/set", json={"n": 1}).status_code == 200
+        assert client.get("/show").get_json() == {"n": "1"}
+        del app, client
+        gc.collect()
+    assert [str(w.message) for w in caught if w.category is ResourceWarning] == []

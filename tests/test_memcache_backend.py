@@ -1181,7 +1181,11 @@ def test_flask_requests_of_one_op_run_without_any_event_loop(
     client.post("/put", json={"b": [2]})
     assert client.get("/get").get_json() == {"a": 1, "b": [2]}
     assert commands_since(memcached_server, before)["cmd_touch"] == 2  # the two gats
-    assert stats(memcached_server)["curr_connections"] <= before["curr_connections"] + 1
+    # The server still counts the stats helper's own closed connections for a moment.
+    deadline = time.monotonic() + 5
+    while stats(memcached_server)["curr_connections"] > before["curr_connections"] + 1:
+        assert time.monotonic() < deadline, "more than one connection for one thread"
+        time.sleep(0.05)
 
 
 def test_outside_a_loop_a_restarted_server_is_reconnected_to(

@@ -66,7 +66,8 @@ Without an event loop: a store whose ``runs_without_loop`` is true may be called
 bridge outside any event loop, for a request whose plan is that one op (no loop, task or
 wake-up: a blocking socket's round trip). Its coroutines must then complete without ever
 suspending, doing blocking I/O bounded by :func:`call_deadline`; :attr:`ClientBackend.client`
-is then a client of the calling thread. Inside a loop they run as usual.
+is then a client of the calling thread (or of all threads, with
+``shares_client_outside_loops``). Inside a loop they run as usual.
 
 Errors: a store raises whatever its driver raises when the server fails (unreachable,
 refused, too large); the engine turns it into :class:`~asyncsessions.SessionBackendError`
@@ -310,18 +311,32 @@ class LoopClients(Generic[C]):
     one loop must never be used on another (Flask's bridge runs several loops; Quart test
     apps start a new loop per test). Outside any loop (a store that ``runs_without_loop``)
     each thread gets its own client, closed once the thread has ended (checked as clients
-    are made), at :func:`close_thread_clients`, and dropped unused after ``os.fork()``.
+    are made), at :func:`close_thread_clients`, or when these clients are collected (an
+    app dropped, as test suites do: nothing is left unclosed), and dropped unused after
+    ``os.fork()``; with ``shared_outside_loops`` all threads share one (a thread-safe
+    client with a pool of its own). ``thread_closer`` closes those clients; it must not
+    refer to the store, since it may run once the store is gone (without it they are
+    closed with ``closer`` and only at the first two points).
     """
 
     def __init__(
-        self, factory: Callable[[], C], closer: Callable[[C], Coroutine[Any, Any, None]]
+        self,
+        factory: Callable[[], C],
+        closer: Callable[[C], Coroutine[Any, Any, None]],
+        *,
+        thread_closer: Callable[[C], None] | None = None,
+        shared_outside_loops: bool = False,
     ) -> None:
         self._factory = factory
         self._closer = closer
+        self._thread_closer = thread_closer
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, C] = (
             weakref.WeakKeyDictionary()
         )
-        self._by_thread: dict[int, tuple[weakref.ref[threading.Thread], C]] = {}
+        #: Clients made outside any loop, each with its closer (run once), by thread.
+        self._by_thread: dict[int, tuple[weakref.ref[threading.Thread], C, Callable[[], Any]]] = {}
+        self._shares = shared_outside_loops
+        self._shared: tuple[C, Callable[[], Any]] | None = None
         self._pid = os.getpid()
         self._lock = threading.Lock()  # for making and closing thread clients, not using them
         _all_loop_clients.add(self)
@@ -346,38 +361,86 @@ class LoopClients(Generic[C]):
     def _thread_client(self) -> C:
         if self._pid != os.getpid():
             # Forked: the parent's connections are its own (closing our copies of their
-            # sockets would not end them, using them would).
+            # sockets would not end them, using them would; some drivers say goodbye).
+            for _, _, close in self._by_thread.values():
+                _forget(close)
+            if self._shared is not None:
+                _forget(self._shared[1])
             self._by_thread, self._pid, self._lock = {}, os.getpid(), threading.Lock()
+            self._shared = None
+        if self._shares:
+            return self._shared_client()
         current = threading.current_thread()
         entry = self._by_thread.get(threading.get_ident())
         if entry is not None and entry[0]() is current:
             return entry[1]
         ended = []
         with self._lock:
-            for ident, (thread, client) in list(self._by_thread.items()):
+            for ident, (thread, _, close) in list(self._by_thread.items()):
                 alive = thread()
                 if alive is None or not alive.is_alive():  # idents are reused once it ended
                     del self._by_thread[ident]
-                    ended.append(client)
+                    ended.append(close)
             client = self._factory()
-            self._by_thread[threading.get_ident()] = (weakref.ref(current), client)
-        for old in ended:
-            self._close_now(old)
+            self._by_thread[threading.get_ident()] = (
+                weakref.ref(current), client, self._closing(client))
+        for close in ended:
+            close()
         return client
+
+    def _shared_client(self) -> C:
+        shared = self._shared
+        if shared is None:
+            with self._lock:
+                shared = self._shared
+                if shared is None:
+                    client = self._factory()
+                    shared = self._shared = (client, self._closing(client))
+        return shared[0]
+
+    def _closing(self, client: C) -> Callable[[], Any]:
+        """What closes ``client`` (made outside any loop), once; at the latest when these
+        clients are collected or the process exits."""
+        if self._thread_closer is None:
+            return lambda: self._close_now(client)
+        return weakref.finalize(self, _close_quietly, self._thread_closer, client)
 
     def close_threads(self) -> None:
         """Close every thread's client (outside any event loop)."""
         with self._lock:
-            clients = [client for _, client in self._by_thread.values()]
-            self._by_thread = {}
-        for client in clients:
-            self._close_now(client)
+            closers = [close for _, _, close in self._by_thread.values()]
+            if self._shared is not None:
+                closers.append(self._shared[1])
+            self._by_thread, self._shared = {}, None
+        for close in closers:
+            close()
 
     def _close_now(self, client: C) -> None:
         try:
             run_without_loop(self._closer(client), CLOSE_TIMEOUT)
         except Exception:
             logger.debug("closing a store client failed", exc_info=True)
+
+
+def _close_quietly(closer: Callable[[C], None], client: C) -> None:
+    try:
+        closer(client)
+    except Exception:
+        logger.debug("closing a store client failed", exc_info=True)
+
+
+def _forget(close: Callable[[], Any]) -> None:
+    if isinstance(close, weakref.finalize):
+        close.detach()
+
+
+def close_client_without_loop(client: Any) -> None:
+    """Close a client made outside any event loop: its ``aclose()`` or ``close()``."""
+    close: Any = getattr(client, "aclose", None) or getattr(client, "close", None)
+    if close is not None:
+        result = close()
+        if isinstance(result, Coroutine):
+            run_without_loop(result, CLOSE_TIMEOUT)
 
 
 _all_loop_clients: weakref.WeakSet[LoopClients[Any]] = weakref.WeakSet()
@@ -408,8 +471,14 @@ async def close_loop_clients() -> None:
 class ClientBackend(Backend, Generic[C]):
     """A backend talking to a server through an async client kept per event loop."""
 
+    #: Outside any event loop, one client for all threads instead of one per thread.
+    shares_client_outside_loops: ClassVar[bool] = False
+
     def __init__(self) -> None:
-        self._clients: LoopClients[C] = LoopClients(self._new_client, self._close_client)
+        self._clients: LoopClients[C] = LoopClients(
+            self._new_client, self._close_client, thread_closer=self._close_thread_client,
+            shared_outside_loops=self.shares_client_outside_loops,
+        )
 
     @property
     def client(self) -> C:
@@ -419,6 +488,10 @@ class ClientBackend(Backend, Generic[C]):
     @abstractmethod
     def _new_client(self) -> C:
         """A fresh client for the running loop (from settings or cloned from the user's)."""
+
+    #: Closes a client made outside any event loop. Static: it may run once the store
+    #: itself is gone (see :class:`LoopClients`).
+    _close_thread_client: Callable[[C], None] = staticmethod(close_client_without_loop)
 
     async def _close_client(self, client: C) -> None:
         close: Any = getattr(client, "aclose", None) or getattr(client, "close", None)

@@ -455,11 +455,12 @@ class MemcacheBackend(flask_session.ReadsFlaskSession, ClientBackend[_Servers]):
         return _Servers([_Client(h, p, **self._options) for h, p in self.servers], self._nodes)
 
     async def _close_client(self, client: _Servers) -> None:
-        if asyncio._get_running_loop() is None:  # a thread's client: blocking sockets only
-            for each in client.clients:
-                each._drop_blocking()
-            return
         await asyncio.gather(*(c.close() for c in client.clients), return_exceptions=True)
+
+    @staticmethod
+    def _close_thread_client(client: _Servers) -> None:
+        for each in client.clients:  # a thread's client: blocking sockets only
+            each._drop_blocking()
 
     async def load(self, key: str, *, touch: bool) -> Record | None:
         client = self.client.for_key(key)
