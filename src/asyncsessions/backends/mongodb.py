@@ -114,10 +114,12 @@ class MongoDBBackend(flask_session.ReadsFlaskSession, ClientBackend[AsyncClient 
     ``client`` may be a ``pymongo.AsyncMongoClient``, a Motor ``AsyncIOMotorClient`` or a
     sync ``pymongo.MongoClient``: each event loop gets an ``AsyncMongoClient`` built from the
     same constructor arguments (Motor's too: its sync delegate holds them, and PyMongo's
-    async client replaces Motor, which is deprecated). Otherwise ``url``, default
-    ``mongodb://127.0.0.1:27017``, with ``serverSelectionTimeoutMS=2000`` unless the URL
-    sets one (so a server that is down fails with PyMongo's error inside the store's
-    timeout). Sessions go to ``db``.``collection``.
+    async client replaces Motor, which is deprecated), and outside any loop (a Flask
+    request of one op) all threads share one sync ``MongoClient`` built from them.
+    Otherwise ``url``, default ``mongodb://127.0.0.1:27017``, with
+    ``serverSelectionTimeoutMS=2000`` unless the URL sets one (so a server that is down
+    fails with PyMongo's error inside the store's timeout). Sessions go to
+    ``db``.``collection``.
 
     One document per session::
 
