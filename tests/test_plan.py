@@ -75,6 +75,34 @@ def test_a_new_session_plans_a_create_with_its_flag_and_a_cookie() -> None:
     assert session.states[0].sid is None
 
 
+@pytest.mark.parametrize("what", ["nothing", "read", "set and removed", "permanent",
+                                  "regenerate", "modified", "clear"])
+def test_a_visitor_without_a_cookie_who_keeps_no_field_plans_nothing(what: str) -> None:
+    secure = {"cookie_name": "c", "session_type": "secure_cookie", "session_fields": "auto"}
+    stores = parse_config({"SESSION_CONFIG": [
+        {"cookie_name": "s", "session_type": Nowhere(), "session_fields": ["a"]}, secure,
+    ]}, instance_path="/nonexistent")
+    ours = Engine(stores, refresh_each_request=True, permanent=True)
+    session = ours.finish_open(ours.plan_open({}, KEYS))
+    if what == "read":
+        assert session.get("a") is None
+    elif what == "set and removed":
+        session["a"] = 1
+        del session["a"]
+    elif what == "permanent":
+        session.permanent = False
+    elif what == "regenerate":
+        session.regenerate()
+    elif what == "modified":
+        session.modified = True
+    elif what == "clear":
+        session.clear()
+    plan = ours.plan_save(session, KEYS)
+    assert (plan.ops, plan.cookies) == ([], [])
+    # Flask's rule: a response that looked at the session varies by its cookie.
+    assert plan.vary is (what not in ("nothing", "modified"))
+
+
 def test_emptying_plans_a_removal_not_a_delete() -> None:
     session = loaded_session({"a": 1})
     session.clear()

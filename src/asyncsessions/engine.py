@@ -200,6 +200,10 @@ class Engine:
             return SavePlan([], [], vary=True)  # a failed load never leads to a write
         if isinstance(session, NullSession):
             return SavePlan([], [], vary=False)
+        if not dict.__len__(session) and all(state.cookie is None for state in session.states):
+            # No cookie came and no field is left: no store has a record or cookie to write
+            # or remove, whatever the request did (the common visitor without a session).
+            return SavePlan([], [], vary=session.accessed)
         per_store, maybe_changed = self._fields_by_store(session)
 
         permanent = session._permanent
