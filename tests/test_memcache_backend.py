@@ -341,9 +341,9 @@ async def test_appended_record_is_rewritten_before_it_holds_more_dead_than_live(
 async def test_small_changes_to_a_big_record_are_appended_at_most_32_times(
     backend: MemcacheBackend, memcached_server: MemcachedServer, key: str
 ) -> None:
-    # 100 KB live: the dead-bytes bound alone would let thousands of tiny appends pile up,
-    # each a header every load parses.
-    fields = {f"f{i}": b'"' + b"x" * 998 + b'"' for i in range(100)}
+    # 100 KB live in 10 fields: the dead-bytes bound alone would let thousands of tiny
+    # appends pile up, each a header every load parses.
+    fields = {f"f{i}": b'"' + b"x" * 9998 + b'"' for i in range(10)}
     await backend.store(key, Write({**fields, "n": b"0"}, (), False, 60, create=True))
     sent = sent_commands(backend)
     for i in range(1, 70):
@@ -353,6 +353,21 @@ async def test_small_changes_to_a_big_record_are_appended_at_most_32_times(
         assert headers <= 33
     assert sent.count(b"cas") == 2  # rewritten whole after 32 appends, twice
     assert await backend.load(key, touch=False) == Record({**fields, "n": b"69"})
+
+
+@pytest.mark.anyio
+async def test_a_record_of_many_fields_takes_as_many_appends(
+    backend: MemcacheBackend, memcached_server: MemcachedServer, key: str
+) -> None:
+    fields = {f"f{i}": b'"' + b"x" * 998 + b'"' for i in range(50)}
+    await backend.store(key, Write({**fields, "n": b"0"}, (), False, 60, create=True))
+    sent = sent_commands(backend)
+    for i in range(1, 60):
+        await backend.load(key, touch=True)
+        assert await backend.store(key, Write({"n": b"%d" % i}))
+    assert sent.count(b"cas") == 1  # 51 fields: rewritten after 51 appends, not 32
+    assert (value_of(memcached_server, key) or b"").count(b"\n") == 1 + 59 - 52
+    assert await backend.load(key, touch=False) == Record({**fields, "n": b"59"})
 
 
 @pytest.mark.anyio

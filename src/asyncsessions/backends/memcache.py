@@ -43,10 +43,11 @@ _LAYOUT = "as1"
 # An append is cheaper than a rewrite until the record holds more dead bytes than live ones:
 # then it is rewritten whole, so a record never grows past about twice its live size.
 _SLACK = 1024
-# Or until it holds this many appends: each is a header every load parses (~5 µs), and
-# small changes to a big session would otherwise pile up by the thousand (measured: 1,000
-# on a 100 KB record made a load 5.5 ms, 0.08 ms without them).
-_MAX_APPENDS = 32
+# Or until it holds as many appends as live fields, and at least this many: each is a header
+# every load parses (~5 µs, about what a field costs), so a load costs at most about twice
+# its fields' parse, where small changes to a big session would otherwise pile up by the
+# thousand (measured: 1,000 on a 100 KB record made a load 5.5 ms, 0.08 ms without them).
+_MIN_APPENDS = 32
 # memcached reads an exptime over 30 days as a Unix time, not as seconds from now.
 _MAX_RELATIVE = 30 * 86400
 # memcached keeps expiry times in 32 bits: later ones wrap around or are refused.
@@ -366,8 +367,8 @@ class MemcacheBackend(flask_session.ReadsFlaskSession, ClientBackend[_Servers]):
       nothing is written and ``store`` returns ``False``.
     - The record is written whole, with ``cas``, instead of appended to when the append
       would leave it holding more dead entries than live bytes (so it stays under about
-      twice its live size, and a load's cost with it) or more than 32 appends (each a
-      header a load parses), when it is in the earlier layout, when
+      twice its live size, and a load's cost with it) or more appends (each a header a
+      load parses) than it has fields and 32, when it is in the earlier layout, when
       the write sets the permanent flag (an append cannot change an item's expiry), and when
       memcached refuses the append as too large.
     - A merge that leaves no field deletes the item with the meta command ``md <key>
@@ -573,7 +574,7 @@ class MemcacheBackend(flask_session.ReadsFlaskSession, ClientBackend[_Servers]):
         """
         stored = loaded.stored
         delta = _entries(changed, removed)
-        if (stored.appends >= _MAX_APPENDS
+        if (stored.appends >= max(_MIN_APPENDS, len(fields))
                 or stored.size + len(delta) > 2 * sum(map(len, fields.values())) + _SLACK):
             return _Rewrite.WHOLE
         # An append keeps the item's expiry: a load that refreshed it restarted it already,
